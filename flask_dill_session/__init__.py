@@ -1,0 +1,29 @@
+"""Server-side Flask sessions that keep real Python objects, serialized with dill."""
+
+from .exc import (
+    ConfigError,
+    DillSessionError,
+    LockTimeoutError,
+    SessionSerializationError,
+    SessionTooLargeError,
+    SessionUnavailableError,
+    StoreUnavailableError,
+)
+from .extension import Session
+from .interface import DillSessionInterface
+from .session import DillSession
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DillSession",
+    "DillSessionError",
+    "DillSessionInterface",
+    "LockTimeoutError",
+    "Session",
+    "SessionSerializationError",
+    "SessionTooLargeError",
+    "SessionUnavailableError",
+    "StoreUnavailableError",
+]

@@ -1,0 +1,80 @@
+"""The ``Session`` extension: turns configuration into a session interface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flask_session
+from flask import Flask
+from flask.globals import request_ctx
+
+from .config import Settings, read_settings
+from .envelope import Envelope
+from .exc import ConfigError
+from .interface import DillSessionInterface
+from .session import DillSession
+from .stores.base import Store
+from .stores.filesystem import FileSystemStore
+
+
+def _filesystem(app: Flask, settings: Settings) -> Store:
+    return FileSystemStore(
+        settings.file_dir, lock_timeout=settings.lock_timeout, fsync=settings.fsync
+    )
+
+
+#: ``SESSION_DILL_BACKEND`` name -> factory of the store.
+BACKENDS: dict[str, Callable[[Flask, Settings], Store]] = {
+    "filesystem": _filesystem,
+}
+
+
+class Session:
+    """Server-side sessions for Flask.
+
+    With ``SESSION_TYPE = "dill"`` sessions are serialized with dill into our stores;
+    any other ``SESSION_TYPE`` is handed to :class:`flask_session.Session` unchanged.
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self.app = app
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Install the session interface that ``app.config`` asks for."""
+        session_type = str(app.config.get("SESSION_TYPE", "null")).lower()
+        if session_type != "dill":
+            flask_session.Session().init_app(app)
+        else:
+            app.session_interface = self.create_interface(app)
+            app.teardown_request(_release_lock)
+        app.extensions["flask_dill_session"] = self
+
+    @staticmethod
+    def create_interface(app: Flask) -> DillSessionInterface:
+        """Build the :class:`DillSessionInterface` described by ``app.config``."""
+        settings = read_settings(app.config, app.instance_path)
+        factory = BACKENDS.get(settings.backend)
+        if factory is None:
+            raise ConfigError(
+                f"SESSION_DILL_BACKEND must be one of {sorted(BACKENDS)}, got {settings.backend!r}"
+            )
+        return DillSessionInterface(
+            factory(app, settings),
+            Envelope(settings.secret_key, settings.secret_key_fallbacks),
+            key_prefix=settings.key_prefix,
+            sid_length=settings.sid_length,
+            permanent=settings.permanent,
+            locking=settings.locking,
+            absolute_lifetime=settings.absolute_lifetime,
+            max_size=settings.max_size,
+            quarantine_lifetime=settings.quarantine_lifetime,
+        )
+
+
+def _release_lock(exc: BaseException | None) -> None:
+    """Teardown: release the lock even when ``save_session`` did not run."""
+    current = request_ctx.session
+    if isinstance(current, DillSession) and current.entry is not None:
+        current.entry.release()

@@ -1,0 +1,277 @@
+"""The Flask glue: a :class:`~flask.sessions.SessionInterface` over a store and the codec."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import partial
+
+from flask import Flask, Request, Response
+from flask.sessions import SessionInterface, SessionMixin
+
+from . import serializer
+from .envelope import PERMANENT, Envelope
+from .exc import BadPayloadError, SessionTooLargeError, SessionUnavailableError
+from .session import DillSession
+from .stores.base import Entry, Store
+
+logger = logging.getLogger("flask_dill_session")
+
+_SID_CHARSET = re.compile(r"[A-Za-z0-9_-]+")
+_DAY = 86400.0
+
+
+class DillSessionInterface(SessionInterface):
+    """Server-side sessions serialized with dill, authenticated, and kept in a :class:`Store`.
+
+    The session is read (and its lock taken) on first use in a request, and saved at the
+    end of the response only if its serialized form changed; otherwise its expiry is
+    refreshed with a touch. Policy lives in small hooks a subclass may override.
+    """
+
+    session_class = DillSession
+    pickle_based = True
+
+    def __init__(
+        self,
+        store: Store,
+        envelope: Envelope,
+        *,
+        key_prefix: str = "session:",
+        sid_length: int = 32,
+        permanent: bool = True,
+        locking: bool = True,
+        absolute_lifetime: float | None = 7 * _DAY,
+        max_size: int | None = 1 << 20,
+        quarantine_lifetime: float = 7 * _DAY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.envelope = envelope
+        self.key_prefix = key_prefix
+        self.sid_length = sid_length
+        self.permanent = permanent
+        self.locking = locking and store.supports_locking
+        self.absolute_lifetime = absolute_lifetime
+        self.max_size = max_size
+        self.quarantine_lifetime = quarantine_lifetime
+        self.clock = clock
+        self._sid_chars = len(secrets.token_urlsafe(sid_length))
+
+    # -- hooks -----------------------------------------------------------------
+
+    def generate_sid(self) -> str:
+        """A new session id: ``sid_length`` random bytes from :mod:`secrets`, URL-safe."""
+        return secrets.token_urlsafe(self.sid_length)
+
+    def is_valid_sid(self, sid: str | None) -> bool:
+        """Whether *sid* has the charset and length of an id we issue."""
+        return (
+            sid is not None
+            and len(sid) == self._sid_chars
+            and _SID_CHARSET.fullmatch(sid) is not None
+        )
+
+    def store_key(self, sid: str) -> str:
+        """The key a session is stored under."""
+        return self.key_prefix + sid
+
+    def idle_lifetime(self, app: Flask) -> float:
+        """Seconds of inactivity after which the server forgets a session."""
+        return app.permanent_session_lifetime.total_seconds()
+
+    def should_set_cookie(self, app: Flask, session: SessionMixin) -> bool:
+        """Set the cookie when the id changed, or to refresh a permanent session's expiry."""
+        assert isinstance(session, DillSession)
+        return session.sid != session.cookie_sid or bool(
+            session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]
+        )
+
+    def get_expiration_time(self, app: Flask, session: SessionMixin) -> datetime | None:
+        """Flask's cookie expiry, but never past the absolute lifetime."""
+        expires = super().get_expiration_time(app, session)
+        deadline = self._absolute_deadline(getattr(session, "created", 0.0))
+        if expires is not None and deadline is not None:
+            expires = min(expires, datetime.fromtimestamp(deadline, UTC))
+        return expires
+
+    # -- Flask's interface -----------------------------------------------------
+
+    def open_session(self, app: Flask, request: Request) -> DillSession:
+        """No I/O: remember the cookie's id; the store is read on first use."""
+        sid = request.cookies.get(self.get_cookie_name(app))
+        if not self.is_valid_sid(sid):
+            sid = None
+        return self.session_class(sid, self.permanent, partial(self._load, app))
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if not isinstance(session, DillSession) or not session.loaded:
+            return  # never used in this request: no store I/O, no cookie change
+        try:
+            self._save(app, session, response)
+        except SessionUnavailableError as exc:
+            logger.error("session not saved, answering 503: %s", exc.description)
+            _answer_unavailable(response, exc)
+        finally:
+            self.release(session)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def regenerate(self, session: DillSession) -> None:
+        """Give *session* a new id, keep its data, and make the old id invalid now."""
+        session.load()
+        self._drop(session)
+        self._start(session, created=session.created)
+        session.modified = True
+
+    def destroy(self, session: DillSession) -> None:
+        """Delete *session* server-side now; the response clears its cookie (logout)."""
+        session.load()
+        self._drop(session)
+        dict.clear(session)
+        self._start(session, created=self.clock())
+
+    def release(self, session: DillSession) -> None:
+        """Release the session's lock, if this request holds one. Idempotent."""
+        if session.entry is not None:
+            session.entry.release()
+
+    # -- internals -------------------------------------------------------------
+
+    def _load(self, app: Flask, session: DillSession) -> None:
+        if session.cookie_sid is not None:
+            entry = self.store.open(self.store_key(session.cookie_sid), lock=self.locking)
+            if self._restore(session, entry):
+                return
+            entry.release()
+        self._start(session, created=self.clock())
+
+    def _restore(self, session: DillSession, entry: Entry) -> bool:
+        if entry.blob is None:
+            return False
+        try:
+            opened = self.envelope.open(entry.key, entry.blob)
+            data = serializer.loads(opened.payload)
+        except BadPayloadError as exc:
+            logger.warning(
+                "stored session %s is unusable and was quarantined: %s",
+                _fingerprint(entry.key),
+                exc,
+            )
+            entry.quarantine(self.quarantine_lifetime)
+            return False
+        if self._past_absolute(opened.created, opened.expires):
+            entry.delete()
+            return False
+        dict.update(session, data)
+        session.entry = entry
+        session.payload = opened.payload
+        session.created = opened.created
+        session.reseal = not opened.current_key
+        session.new = False
+        session._permanent = bool(opened.flags & PERMANENT)
+        return True
+
+    def _start(self, session: DillSession, *, created: float) -> None:
+        session.sid = self.generate_sid()
+        session.entry = self.store.new(self.store_key(session.sid))
+        session.new = True
+        session.payload = None
+        session.created = created
+
+    def _drop(self, session: DillSession) -> None:
+        assert session.entry is not None
+        if not session.new:
+            session.entry.delete()
+        session.entry.release()
+
+    def _save(self, app: Flask, session: DillSession, response: Response) -> None:
+        entry = session.entry
+        assert entry is not None
+        response.vary.add("Cookie")
+        if not session:
+            if not session.new:
+                entry.delete()
+            if session.cookie_sid is not None:
+                self._delete_cookie(app, response)
+            return
+        payload = self.dump(session)
+        ttl = self.idle_lifetime(app)
+        if session.new or session.modified or session.reseal or payload != session.payload:
+            blob = self.envelope.seal(
+                entry.key,
+                payload,
+                flags=PERMANENT if session.permanent else 0,
+                created=session.created,
+                expires=self._absolute_deadline(session.created),
+            )
+            if not entry.write(blob, ttl):
+                return  # deleted meanwhile (logout elsewhere): do not resurrect
+        else:
+            entry.touch(ttl)
+        if self.should_set_cookie(app, session):
+            self._set_cookie(app, session, response)
+
+    def dump(self, session: DillSession) -> bytes:
+        """Serialize the session's data, enforcing ``max_size``."""
+        data = dict.copy(session)
+        payload = serializer.dumps(data)
+        if self.max_size is not None and len(payload) > self.max_size:
+            largest = serializer.sizes_by_key(data)[:3]
+            raise SessionTooLargeError(len(payload), self.max_size, largest)
+        return payload
+
+    def _absolute_deadline(self, created: float) -> float | None:
+        if self.absolute_lifetime is None:
+            return None
+        return created + self.absolute_lifetime
+
+    def _past_absolute(self, created: float, expires: float | None) -> bool:
+        now = self.clock()
+        deadline = self._absolute_deadline(created)
+        return (expires is not None and now >= expires) or (
+            deadline is not None and now >= deadline
+        )
+
+    def _set_cookie(self, app: Flask, session: DillSession, response: Response) -> None:
+        assert session.sid is not None
+        response.set_cookie(
+            self.get_cookie_name(app),
+            session.sid,
+            expires=self.get_expiration_time(app, session),
+            httponly=self.get_cookie_httponly(app),
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
+            partitioned=self.get_cookie_partitioned(app),
+        )
+
+    def _delete_cookie(self, app: Flask, response: Response) -> None:
+        response.delete_cookie(
+            self.get_cookie_name(app),
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
+            partitioned=self.get_cookie_partitioned(app),
+            httponly=self.get_cookie_httponly(app),
+        )
+
+
+def _fingerprint(key: str) -> str:
+    """A short hash that names a session in logs without revealing its id."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _answer_unavailable(response: Response, exc: SessionUnavailableError) -> None:
+    response.status_code = 503
+    response.headers["Retry-After"] = str(exc.retry_after or 1)
+    response.headers.pop("Set-Cookie", None)
+    response.set_data(exc.description or "Service Unavailable")
+    response.mimetype = "text/plain"

@@ -1,0 +1,129 @@
+"""Session payloads: C ``pickle`` where it is exact, ``dill`` where it is needed.
+
+A payload starts with a one-byte tag naming its loader. Plain data (anything C
+pickle writes without referring to ``__main__``) costs what C pickle costs; lambdas,
+closures, modules and interactively or locally defined code go through dill, and their
+tag records the Python and dill versions that wrote them, because dill's code objects
+do not survive a change of Python minor version. This module knows no Flask.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import dill
+
+from .exc import BadPayloadError, SessionSerializationError
+
+PICKLE = b"p"
+DILL = b"d"
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
+_DILL_STAMP = f"{PYTHON} {dill.__version__}".encode()
+_MAX_PATH_DEPTH = 40
+
+# dill's pickler and unpickler keep global state and are not thread-safe
+# (uqfoundation/dill#350); the C pickle path never takes this lock.
+_dill_lock = threading.RLock()
+
+
+def dumps(data: dict[str, Any]) -> bytes:
+    """Serialize *data*; raise :class:`SessionSerializationError` naming the failing key path."""
+    try:
+        body = pickle.dumps(data, PROTOCOL)
+    except RecursionError:
+        raise _locate(data, "nested too deep to serialize", depth=1) from None
+    except Exception:
+        pass
+    else:
+        # C pickle stores __main__ objects by name, which another process cannot load.
+        if b"__main__" not in body:
+            return PICKLE + body
+    try:
+        with _dill_lock:
+            body = bytes(dill.dumps(data, PROTOCOL, recurse=True))
+    except RecursionError:
+        raise _locate(data, "nested too deep to serialize", depth=1) from None
+    except Exception as exc:
+        raise _locate(data, str(exc)) from exc
+    return DILL + bytes([len(_DILL_STAMP)]) + _DILL_STAMP + body
+
+
+def loads(payload: bytes) -> dict[str, Any]:
+    """Load a payload made by :func:`dumps`; raise :class:`BadPayloadError` if it cannot be."""
+    view = memoryview(payload)
+    tag = payload[:1]
+    try:
+        if tag == PICKLE:
+            data = pickle.loads(view[1:])
+        elif tag == DILL:
+            end = 2 + payload[1]
+            python, _, dill_version = payload[2:end].decode().partition(" ")
+            if python != PYTHON:
+                raise BadPayloadError(
+                    f"dill payload written by Python {python} (dill {dill_version}),"
+                    f" this is Python {PYTHON}; its code is not portable"
+                )
+            with _dill_lock:
+                data = dill.loads(view[end:])
+        else:
+            raise BadPayloadError(f"unknown payload tag {tag!r}")
+    except BadPayloadError:
+        raise
+    except Exception as exc:
+        raise BadPayloadError(f"cannot load payload: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadPayloadError(f"payload is a {type(data).__name__}, not a dict")
+    return data
+
+
+def sizes_by_key(data: dict[str, Any]) -> list[tuple[str, int]]:
+    """Serialized size of each top-level value, largest first."""
+    sizes = [(key, len(dumps({key: value}))) for key, value in data.items()]
+    return sorted(sizes, key=lambda item: item[1], reverse=True)
+
+
+def _locate(
+    data: dict[str, Any], reason: str, depth: int = _MAX_PATH_DEPTH
+) -> SessionSerializationError:
+    """Find the deepest value (up to *depth*) that does not serialize and name its path."""
+    path, obj = "session", data
+    for _ in range(depth):
+        for step, child in _children(obj):
+            if _fails(child):
+                path, obj = path + step, child
+                break
+        else:
+            break
+    return SessionSerializationError(path, type(obj).__name__, reason)
+
+
+def _fails(obj: Any) -> bool:
+    try:
+        with _dill_lock:
+            dill.dumps(obj, PROTOCOL, recurse=True)
+    except Exception:
+        return True
+    return False
+
+
+def _children(obj: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield f"[{key!r}]", value
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield f"[{index}]", value
+    elif isinstance(obj, (set, frozenset)):
+        for value in obj:
+            yield f" member {value!r}", value
+    else:
+        for name, value in getattr(obj, "__dict__", {}).items():
+            yield f".{name}", value
+        for name in getattr(type(obj), "__slots__", ()):
+            if hasattr(obj, name):
+                yield f".{name}", getattr(obj, name)

@@ -1,0 +1,324 @@
+"""Filesystem store: one append-only file per session, in 256 hashed shard directories.
+
+Why not cachelib's ``FileSystemCache``: it replaces the whole file by rename on every
+write (ext4 flushes data on such a rename: ~250 µs), evicts live entries once its
+threshold is reached, keeps a shared count file that loses updates across processes,
+and has no locks. Here:
+
+- a write appends one framed record (length, CRC-32, deadline, blob) and sets the file's
+  mtime to the idle deadline; a torn append fails its CRC and the previous record is
+  served, so a crash loses at most the write it interrupted;
+- once a file holds several records it is compacted by writing a new file and renaming
+  it over the old one, so the rename cost is paid once per many writes;
+- a touch is one ``utime``; a read is one ``open`` + ``fstat`` + ``pread``;
+- the per-session lock is an ``flock`` on the session's own file (released by the kernel
+  if the process dies, and no lock file is left behind);
+- file names are a hash of the store key, never cookie text; files are 0600 in 0700
+  directories and are opened with ``O_NOFOLLOW``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import secrets
+import stat
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
+
+from ..exc import LockTimeoutError
+from .base import Entry, Store
+
+_MAGIC = b"\xfd\x53"
+_RECORD = struct.Struct("<2sIId")  # magic, length, crc32(deadline + blob), deadline
+_DEADLINE = struct.Struct("<d")
+_COMPACT_AT = 4096  # bytes; compact when a file would outgrow this and 4 records
+_READ = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TMP_SUFFIX = ".tmp"
+_CLEANUP_GRACE = 60.0  # seconds; never reap a file this close to its deadline
+
+
+def frame(blob: bytes, deadline: float) -> bytes:
+    """One record: header and blob, checksummed so a torn write is detected."""
+    stamp = _DEADLINE.pack(deadline)
+    crc = zlib.crc32(blob, zlib.crc32(stamp))
+    return _RECORD.pack(_MAGIC, len(blob), crc, deadline) + blob
+
+
+def last_record(data: bytes) -> tuple[bytes | None, float]:
+    """The newest intact record's blob and deadline, or ``(None, 0.0)``."""
+    candidates: list[tuple[int, int, int, float]] = []
+    pos, end = 0, len(data)
+    while pos + _RECORD.size <= end:
+        magic, length, crc, deadline = _RECORD.unpack_from(data, pos)
+        start = pos + _RECORD.size
+        if magic != _MAGIC or start + length > end:
+            break
+        candidates.append((start, start + length, crc, deadline))
+        pos = start + length
+    for start, stop, crc, deadline in reversed(candidates):
+        blob = data[start:stop]
+        if zlib.crc32(blob, zlib.crc32(_DEADLINE.pack(deadline))) == crc:
+            return blob, deadline
+    return None, 0.0
+
+
+class FileSystemStore(Store):
+    """Session blobs as files below *directory*."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        lock_timeout: float = 10.0,
+        fsync: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = os.path.abspath(directory)
+        self.quarantine_dir = os.path.join(self.directory, "quarantine")
+        self.lock_timeout = lock_timeout
+        self.fsync = fsync
+        self.clock = clock
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+
+    def path(self, key: str) -> str:
+        """The file of *key*: a hash of it, never the key itself."""
+        name = hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
+        return os.path.join(self.directory, name[:2], name)
+
+    def new(self, key: str) -> Entry:
+        return _FileEntry(self, key, self.path(key), None, None, 0, locked=False)
+
+    def open(self, key: str, *, lock: bool) -> Entry:
+        path = self.path(key)
+        while True:
+            try:
+                fd = os.open(path, _READ)
+            except (FileNotFoundError, NotADirectoryError):
+                return self.new(key)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # a symlink planted in the store
+                    return self.new(key)
+                raise
+            try:
+                if lock:
+                    self._lock(fd)
+                info = os.fstat(fd)
+                if info.st_nlink == 0:  # deleted, or compacted, while we waited
+                    os.close(fd)
+                    if os.path.lexists(path):
+                        continue
+                    return self.new(key)
+                if not stat.S_ISREG(info.st_mode):
+                    os.close(fd)
+                    return self.new(key)
+                data = os.pread(fd, info.st_size, 0)
+            except BaseException:
+                _close_quietly(fd)
+                raise
+            blob, deadline = last_record(data)
+            if blob is None or max(deadline, info.st_mtime) <= self.clock():
+                if lock and blob is not None:
+                    _unlink_quietly(path)
+                os.close(fd)
+                return self.new(key)
+            return _FileEntry(self, key, path, fd, blob, len(data), locked=lock)
+
+    def cleanup(self) -> int:
+        """Remove expired session files, stale temporary files and old quarantine."""
+        now = self.clock()
+        removed = 0
+        for entry in _files(self.directory, shards=True):
+            if entry.name.endswith(_TMP_SUFFIX):
+                if entry.stat().st_mtime < now - 3600:
+                    removed += _unlink_quietly(entry.path)
+            elif entry.stat().st_mtime < now - _CLEANUP_GRACE:
+                removed += self._reap(entry.path, now)
+        for entry in _files(self.quarantine_dir, shards=False):
+            if entry.stat().st_mtime < now:
+                removed += _unlink_quietly(entry.path)
+        return removed
+
+    def _reap(self, path: str, now: float) -> int:
+        """Delete *path* if it is expired, checked again under its lock (skip if busy)."""
+        try:
+            fd = os.open(path, _READ)
+        except OSError:
+            return 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            info = os.fstat(fd)
+            _, deadline = last_record(os.pread(fd, info.st_size, 0))
+            if info.st_nlink and max(deadline, info.st_mtime) < now - _CLEANUP_GRACE:
+                return _unlink_quietly(path)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+        return 0
+
+    def _lock(self, fd: int) -> None:
+        """``flock`` with a timeout: try, then poll with a growing pause."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        give_up = time.monotonic() + self.lock_timeout
+        pause = 0.0005
+        while True:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= give_up:
+                    raise LockTimeoutError(
+                        f"session lock not acquired within {self.lock_timeout:g} s"
+                    ) from None
+
+
+class _FileEntry(Entry):
+    def __init__(
+        self,
+        store: FileSystemStore,
+        key: str,
+        path: str,
+        fd: int | None,
+        blob: bytes | None,
+        size: int,
+        *,
+        locked: bool,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.path = path
+        self.blob = blob
+        self._fd = fd
+        self._size = size
+        self._locked = locked
+
+    def write(self, blob: bytes, ttl: float) -> bool:
+        deadline = self.store.clock() + ttl
+        record = frame(blob, deadline)
+        if self._fd is None:
+            return self._create(record, deadline)
+        if not self._locked and os.fstat(self._fd).st_nlink == 0:
+            return False  # deleted by another request: do not resurrect
+        if self._size + len(record) > max(_COMPACT_AT, 4 * len(record)):
+            return self._compact(record, deadline)
+        os.write(self._fd, record)
+        self._size += len(record)
+        self._finish(self._fd, deadline)
+        return True
+
+    def touch(self, ttl: float) -> None:
+        if self._fd is not None:
+            deadline = self.store.clock() + ttl
+            os.utime(self._fd, (deadline, deadline))
+
+    def delete(self) -> None:
+        if self._fd is not None:
+            _unlink_quietly(self.path)
+
+    def quarantine(self, ttl: float) -> None:
+        if self._fd is None:
+            return
+        now = self.store.clock()
+        os.makedirs(self.store.quarantine_dir, mode=0o700, exist_ok=True)
+        name = f"{os.path.basename(self.path)}.{int(now)}.{secrets.token_hex(4)}"
+        target = os.path.join(self.store.quarantine_dir, name)
+        try:
+            os.rename(self.path, target)
+        except FileNotFoundError:
+            return
+        os.utime(target, (now + ttl, now + ttl))
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # also releases the flock
+            self._fd = None
+
+    def _create(self, record: bytes, deadline: float) -> bool:
+        try:
+            fd = os.open(self.path, _CREATE, 0o600)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            fd = os.open(self.path, _CREATE, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, record)
+            self._finish(fd, deadline, new_name=True)
+        finally:
+            os.close(fd)
+        return True
+
+    def _compact(self, record: bytes, deadline: float) -> bool:
+        tmp = f"{self.path}.{secrets.token_hex(6)}{_TMP_SUFFIX}"
+        fd = os.open(tmp, _CREATE, 0o600)
+        try:
+            os.write(fd, record)
+            self._finish(fd, deadline)
+        finally:
+            os.close(fd)
+        assert self._fd is not None
+        if not self._locked and os.fstat(self._fd).st_nlink == 0:
+            _unlink_quietly(tmp)
+            return False
+        os.rename(tmp, self.path)
+        if self.store.fsync:
+            _fsync_dir(os.path.dirname(self.path))
+        return True
+
+    def _finish(self, fd: int, deadline: float, *, new_name: bool = False) -> None:
+        os.utime(fd, (deadline, deadline))
+        if self.store.fsync:
+            os.fsync(fd)
+            if new_name:
+                _fsync_dir(os.path.dirname(self.path))
+
+
+def _files(directory: str, *, shards: bool) -> Iterator[os.DirEntry[str]]:
+    """Regular files of *directory* (or of its two-letter shard directories)."""
+    try:
+        top = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for item in top:
+        if not shards:
+            if item.is_file(follow_symlinks=False):
+                yield item
+        elif len(item.name) == 2 and item.is_dir(follow_symlinks=False):
+            with os.scandir(item.path) as inner:
+                for file in inner:
+                    if file.is_file(follow_symlinks=False):
+                        yield file
+
+
+def _unlink_quietly(path: str) -> int:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return 0
+    return 1
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
