@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_dill_session import Session
+
+from .support import RedisServer, redis_binary
+
+AppFactory = Callable[..., Flask]
+
+
+@pytest.fixture
+def session_dir(tmp_path: Path) -> Path:
+    return tmp_path / "sessions"
+
+
+@pytest.fixture
+def make_app(session_dir: Path) -> AppFactory:
+    """Build a Flask app with dill sessions on a private filesystem store."""
+
+    def make(**config: Any) -> Flask:
+        app = Flask(__name__)
+        app.config.update(
+            TESTING=True,
+            SECRET_KEY="test-secret",
+            SESSION_TYPE="dill",
+            SESSION_FILE_DIR=str(session_dir),
+        )
+        app.config.update(config)
+        Session(app)
+        return app
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for this test run; required when FDS_REQUIRE_REDIS=1."""
+    if redis_binary() is None:
+        if os.environ.get("FDS_REQUIRE_REDIS") == "1":
+            pytest.fail("FDS_REQUIRE_REDIS=1 but redis-server is not installed")
+        pytest.skip("redis-server is not installed (set FDS_REQUIRE_REDIS=1 to fail instead)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

@@ -1,0 +1,154 @@
+"""Real processes for the tests: HTTP servers and a private redis-server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on port {port} within {timeout} s")
+
+
+class Server:
+    """A process serving HTTP on 127.0.0.1:*port*, stopped by :meth:`stop`."""
+
+    def __init__(self, argv: Sequence[str], port: int, env: Mapping[str, str], cwd: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = cwd / f"server-{port}.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_for_port(port, self.proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"server did not start:\n{self.log.read_text()}") from None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def example_env(session_dir: Path, secret: str = "test-secret", **extra: str) -> dict[str, str]:
+    """Environment for the counter example: config through ``FLASK_*`` variables."""
+    return {
+        "FLASK_SECRET_KEY": secret,
+        "FLASK_SESSION_FILE_DIR": str(session_dir),
+        "PYTHONPATH": os.pathsep.join([str(EXAMPLES), str(ROOT)]),
+        **extra,
+    }
+
+
+def serve_example(tmp_path: Path, env: Mapping[str, str]) -> Server:
+    """``python examples/counter.py`` on a free port (Werkzeug's threaded server)."""
+    port = free_port()
+    argv = [sys.executable, str(EXAMPLES / "counter.py")]
+    return Server(argv, port, {**env, "PORT": str(port)}, tmp_path)
+
+
+def gunicorn(
+    tmp_path: Path, app: str, env: Mapping[str, str], workers: int = 2, threads: int = 4
+) -> Server:
+    """``gunicorn`` with *workers* processes of *threads* threads serving *app*."""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+        "--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread",
+        "--timeout", "60", "--graceful-timeout", "5", app,
+    ]  # fmt: skip
+    return Server(argv, port, env, tmp_path)
+
+
+class Client:
+    """A tiny HTTP client that keeps one cookie jar (like one browser)."""
+
+    def __init__(self, base_url: str) -> None:
+        import http.cookiejar
+
+        self.base_url = base_url
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def get(self, path: str, timeout: float = 30.0) -> tuple[int, str, dict[str, str]]:
+        try:
+            with self.opener.open(self.base_url + path, timeout=timeout) as response:
+                return response.status, response.read().decode(), dict(response.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(), dict(error.headers)
+
+    def cookie(self, name: str = "session") -> str | None:
+        return next((c.value for c in self.jar if c.name == name), None)
+
+
+def redis_binary() -> str | None:
+    return shutil.which("redis-server")
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port, no persistence."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        binary = redis_binary()
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.port = port or free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_for_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.__init__(self.workdir, self.port)  # type: ignore[misc]
