@@ -9,6 +9,7 @@ do not survive a change of Python minor version. This module knows no Flask.
 
 from __future__ import annotations
 
+import io
 import pickle
 import sys
 import threading
@@ -45,7 +46,7 @@ def dumps(data: dict[str, Any]) -> bytes:
             return PICKLE + body
     try:
         with _dill_lock:
-            body = bytes(dill.dumps(data, PROTOCOL, recurse=True))
+            body = _dill_dumps(data)
     except RecursionError:
         raise _locate(data, "nested too deep to serialize", depth=1) from None
     except Exception as exc:
@@ -69,7 +70,7 @@ def loads(payload: bytes) -> dict[str, Any]:
                     f" this is Python {PYTHON}; its code is not portable"
                 )
             with _dill_lock:
-                data = dill.loads(view[end:])
+                data = _DillUnpickler(io.BytesIO(view[end:])).load()
         else:
             raise BadPayloadError(f"unknown payload tag {tag!r}")
     except BadPayloadError:
@@ -79,6 +80,48 @@ def loads(payload: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadPayloadError(f"payload is a {type(data).__name__}, not a dict")
     return data
+
+
+class _DillUnpickler(dill.Unpickler):  # type: ignore[misc]
+    """dill's unpickler, but a class dill stored by value from ``__main__`` resolves to the
+    class of that name in this process's ``__main__`` when there is one, so instances keep
+    their type (and ``==``, ``isinstance``) where the class is defined."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in ("dill._dill", "dill.dill") and name == "_create_type":
+            return _main_class_or_new
+        return super().find_class(module, name)
+
+
+def _main_class_or_new(metaclass: type, name: str, bases: tuple[type, ...], *rest: Any) -> Any:
+    namespace = rest[0] if rest else {}
+    existing = getattr(sys.modules.get("__main__"), name, None)
+    if (
+        namespace.get("__module__") == "__main__"
+        and isinstance(existing, type)
+        and existing.__module__ == "__main__"
+        and existing.__qualname__ == name
+    ):
+        return existing
+    return dill._dill._create_type(metaclass, name, bases, *rest)
+
+
+# dill copies a lock as a new, unrelated lock: in a session that is never what was meant,
+# so locks are refused like generators.
+_REFUSED = (type(threading.Lock()), type(threading.RLock()))
+
+
+class _DillPickler(dill.Pickler):  # type: ignore[misc]
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        if type(obj) in _REFUSED:
+            raise pickle.PicklingError(f"cannot pickle {type(obj).__name__!r} object")
+        super().save(obj, save_persistent_id)
+
+
+def _dill_dumps(obj: Any) -> bytes:
+    file = io.BytesIO()
+    _DillPickler(file, PROTOCOL, recurse=True).dump(obj)
+    return file.getvalue()
 
 
 def sizes_by_key(data: dict[str, Any]) -> list[tuple[str, int]]:
@@ -105,7 +148,7 @@ def _locate(
 def _fails(obj: Any) -> bool:
     try:
         with _dill_lock:
-            dill.dumps(obj, PROTOCOL, recurse=True)
+            _dill_dumps(obj)
     except Exception:
         return True
     return False

@@ -52,6 +52,7 @@ class DillSession(dict[str, Any], SessionMixin):
 
     @property
     def permanent(self) -> bool:
+        self.load()  # the stored session's flag, not the configured default
         return self._permanent
 
     @permanent.setter

@@ -128,7 +128,11 @@ class FileSystemStore(Store):
                     _unlink_quietly(path)
                 os.close(fd)
                 return self.new(key)
-            return _FileEntry(self, key, path, fd, blob, len(data), locked=lock)
+            entry = _FileEntry(self, key, path, fd, blob, len(data), locked=lock)
+            # Bytes after the newest intact record (a torn append): a record appended after
+            # them could never be found, so the next write compacts instead.
+            entry.torn = not data.endswith(frame(blob, deadline))
+            return entry
 
     def cleanup(self) -> int:
         """Remove expired session files, stale temporary files and old quarantine."""
@@ -204,6 +208,7 @@ class _FileEntry(Entry):
         self._fd = fd
         self._size = size
         self._locked = locked
+        self.torn = False
 
     def write(self, blob: bytes, ttl: float) -> bool:
         deadline = self.store.clock() + ttl
@@ -212,7 +217,7 @@ class _FileEntry(Entry):
             return self._create(record, deadline)
         if not self._locked and os.fstat(self._fd).st_nlink == 0:
             return False  # deleted by another request: do not resurrect
-        if self._size + len(record) > max(_COMPACT_AT, 4 * len(record)):
+        if self.torn or self._size + len(record) > max(_COMPACT_AT, 4 * len(record)):
             return self._compact(record, deadline)
         os.write(self._fd, record)
         self._size += len(record)

@@ -1,0 +1,498 @@
+"""The Flask glue: strict ids, what is stored when, cookies, configuration, delegation."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from http.cookies import Morsel, SimpleCookie
+from pathlib import Path
+from typing import Any
+
+import flask_session
+import pytest
+from cachelib import FileSystemCache
+from flask import Flask, session
+from flask.sessions import SessionInterface
+from werkzeug.test import TestResponse
+
+from flask_dill_session import (
+    ConfigError,
+    DillSession,
+    DillSessionError,
+    DillSessionInterface,
+    Session,
+)
+from flask_dill_session.stores.filesystem import FileSystemStore
+
+AppFactory = Callable[..., Flask]
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def add_routes(app: Flask) -> Flask:
+    @app.route("/set/<key>/<value>")
+    def set_value(key: str, value: str) -> str:
+        session[key] = value
+        return "set"
+
+    @app.route("/get/<key>")
+    def get_value(key: str) -> str:
+        return str(session.get(key))
+
+    @app.route("/set-and-pop")
+    def set_and_pop() -> str:
+        session["a"] = 1
+        session.pop("a")
+        return "empty"
+
+    @app.route("/clear")
+    def clear() -> str:
+        session.clear()
+        return "cleared"
+
+    @app.route("/regenerate")
+    def regenerate() -> str:
+        session["regenerated"] = "yes"
+        assert isinstance(session, DillSession)
+        interface(app).regenerate(session)
+        return "regenerated"
+
+    @app.route("/transient")
+    def transient() -> str:
+        session.permanent = False
+        session["t"] = 1
+        return "transient"
+
+    @app.route("/permanent")
+    def permanent() -> str:
+        return str(session.permanent)
+
+    @app.route("/state")
+    def state() -> dict[str, Any]:
+        assert isinstance(session, DillSession)
+        value = session.get("user")
+        return {
+            "sid": session.sid,
+            "new": session.new,
+            "accessed": session.accessed,
+            "modified": session.modified,
+            "permanent": session.permanent,
+            "user": value,
+        }
+
+    @app.route("/untouched")
+    def untouched() -> str:
+        return "no session here"
+
+    return app
+
+
+@pytest.fixture
+def app(make_app: AppFactory) -> Flask:
+    return add_routes(make_app())
+
+
+def interface(app: Flask) -> DillSessionInterface:
+    assert isinstance(app.session_interface, DillSessionInterface)
+    return app.session_interface
+
+
+def store_of(app: Flask) -> FileSystemStore:
+    store = interface(app).store
+    assert isinstance(store, FileSystemStore)
+    return store
+
+
+def stored_path(app: Flask, sid: str) -> Path:
+    return Path(store_of(app).path(interface(app).store_key(sid)))
+
+
+def files(directory: Path) -> list[Path]:
+    return sorted(path for path in directory.rglob("*") if path.is_file())
+
+
+def set_cookies(response: TestResponse) -> dict[str, Morsel[str]]:
+    jar: SimpleCookie = SimpleCookie()
+    for header in response.headers.getlist("Set-Cookie"):
+        jar.load(header)
+    return dict(jar)
+
+
+def session_cookie(response: TestResponse, name: str = "session") -> Morsel[str]:
+    cookies = set_cookies(response)
+    assert name in cookies, response.headers
+    return cookies[name]
+
+
+def is_deletion(morsel: Morsel[str]) -> bool:
+    return morsel.value == "" and (
+        morsel["max-age"] == "0" or parsedate_to_datetime(morsel["expires"]).year == 1970
+    )
+
+
+# -- the session object and its id -------------------------------------------------------
+
+
+def test_the_interface_and_session_types(app: Flask) -> None:
+    assert isinstance(app.session_interface, DillSessionInterface)
+    assert isinstance(app.session_interface, SessionInterface)
+    client = app.test_client()
+    first = client.get("/state").get_json()
+    assert first["new"] is True and first["user"] is None
+    assert first["accessed"] is True
+    assert first["modified"] is False and first["permanent"] is True
+    client.get("/set/user/alice")
+    second = client.get("/state").get_json()
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    assert second["sid"] == cookie.value
+    assert second["new"] is False and second["user"] == "alice"
+    assert second["modified"] is False
+
+
+def test_session_ids_are_long_random_and_url_safe(app: Flask) -> None:
+    sids = set()
+    for _ in range(20):
+        response = app.test_client().get("/set/a/1")
+        sids.add(session_cookie(response).value)
+    assert len(sids) == 20
+    for sid in sids:
+        assert len(sid) == len(secrets.token_urlsafe(32))  # 256 bits
+        assert sid.replace("-", "").replace("_", "").isalnum()
+
+
+def test_session_id_length_sets_the_entropy(make_app: AppFactory) -> None:
+    app = add_routes(make_app(SESSION_ID_LENGTH=16))
+    response = app.test_client().get("/set/a/1")
+    assert len(session_cookie(response).value) == len(secrets.token_urlsafe(16))
+
+
+# -- strict mode -------------------------------------------------------------------------
+
+
+def test_a_forged_sid_is_never_adopted(app: Flask, session_dir: Path) -> None:
+    forged = secrets.token_urlsafe(32)  # the right shape, but never issued
+    client = app.test_client()
+    client.set_cookie("session", forged)
+    response = client.get("/set/user/mallory")
+    sid = session_cookie(response).value
+    assert sid != forged
+    assert not stored_path(app, forged).exists()
+    assert files(session_dir) == [stored_path(app, sid)]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "short",
+        "../../../../etc/passwd",
+        "a" * 42 + "!",
+        "a" * 44,
+        "%2e%2e" + "a" * 37,
+        "\u00e9" * 43,
+    ],
+    ids=["short", "traversal", "bad-char", "too-long", "encoded", "non-ascii"],
+)
+def test_a_malformed_sid_is_never_used(app: Flask, session_dir: Path, bad: str) -> None:
+    client = app.test_client()
+    client.set_cookie("session", bad)
+    response = client.get("/set/user/mallory")
+    sid = session_cookie(response).value
+    assert sid != bad
+    assert files(session_dir) == [stored_path(app, sid)]
+
+
+def test_reading_with_an_unknown_sid_creates_nothing(app: Flask, session_dir: Path) -> None:
+    client = app.test_client()
+    client.set_cookie("session", secrets.token_urlsafe(32))
+    response = client.get("/get/user")
+    assert response.text == "None"
+    assert files(session_dir) == []
+    assert all(morsel.value == "" for morsel in set_cookies(response).values())
+
+
+def test_an_expired_sid_is_never_adopted(make_app: AppFactory, session_dir: Path) -> None:
+    app = add_routes(make_app(PERMANENT_SESSION_LIFETIME=timedelta(minutes=10)))
+    clock = Clock(datetime.now(UTC).timestamp())
+    store_of(app).clock = clock
+    interface(app).clock = clock
+    client = app.test_client()
+    old = session_cookie(client.get("/set/user/alice")).value
+    clock.now += 601
+    client.set_cookie("session", old)
+    assert client.get("/get/user").text == "None"
+    new = session_cookie(client.get("/set/user/bob")).value
+    assert new != old
+    assert files(session_dir) == [stored_path(app, new)]
+
+
+# -- what is stored, and when ------------------------------------------------------------
+
+
+def test_an_empty_session_is_not_stored_and_sets_no_cookie(app: Flask, session_dir: Path) -> None:
+    client = app.test_client()
+    for path in ("/get/user", "/set-and-pop", "/state"):
+        response = client.get(path)
+        assert response.status_code == 200
+        assert "Set-Cookie" not in response.headers, path
+        assert "Cookie" in response.vary  # it was accessed
+    assert files(session_dir) == []
+
+
+def test_a_session_emptied_by_the_view_is_deleted(app: Flask, session_dir: Path) -> None:
+    client = app.test_client()
+    sid = session_cookie(client.get("/set/user/alice")).value
+    assert stored_path(app, sid).exists()
+    response = client.get("/clear")
+    assert is_deletion(session_cookie(response))
+    assert client.get_cookie("session") is None
+    assert files(session_dir) == []
+    client.set_cookie("session", sid)  # the old id is gone for good
+    assert client.get("/get/user").text == "None"
+
+
+def test_regenerate_keeps_the_data_and_invalidates_the_old_sid(
+    app: Flask, session_dir: Path
+) -> None:
+    client = app.test_client()
+    old = session_cookie(client.get("/set/user/alice")).value
+    new = session_cookie(client.get("/regenerate")).value
+    assert new != old
+    assert not stored_path(app, old).exists()
+    assert files(session_dir) == [stored_path(app, new)]
+    assert client.get("/get/user").text == "alice"
+    assert client.get("/get/regenerated").text == "yes"
+    thief = app.test_client()
+    thief.set_cookie("session", old)
+    assert thief.get("/get/user").text == "None"
+    assert files(session_dir) == [stored_path(app, new)]
+
+
+def test_a_request_that_never_touches_the_session_does_nothing(
+    app: Flask, session_dir: Path
+) -> None:
+    client = app.test_client()
+    response = client.get("/untouched")
+    assert "Set-Cookie" not in response.headers
+    assert "Cookie" not in response.vary
+    assert not session_dir.exists() or files(session_dir) == []
+
+    clock = Clock(datetime.now(UTC).timestamp())
+    store_of(app).clock = clock
+    sid = session_cookie(client.get("/set/user/alice")).value
+    path = stored_path(app, sid)
+    before = path.stat()
+    clock.now += 1000
+    response = client.get("/untouched")
+    assert "Set-Cookie" not in response.headers
+    assert "Cookie" not in response.vary
+    after = path.stat()
+    assert (after.st_mtime, after.st_size) == (before.st_mtime, before.st_size)  # no I/O
+    client.get("/get/user")  # a read refreshes the expiry: the check above can fail
+    assert path.stat().st_mtime == pytest.approx(before.st_mtime + 1000)
+
+
+def test_vary_cookie_when_the_session_was_accessed(app: Flask) -> None:
+    client = app.test_client()
+    client.get("/set/user/alice")
+    assert "Cookie" in client.get("/get/user").vary
+    assert "Cookie" not in client.get("/untouched").vary
+
+
+# -- cookies follow Flask's configuration ------------------------------------------------
+
+
+def test_default_cookie_flags(make_app: AppFactory) -> None:
+    app = add_routes(make_app(PERMANENT_SESSION_LIFETIME=timedelta(hours=1)))
+    response = app.test_client().get("/set/a/1")
+    morsel = session_cookie(response)
+    assert morsel["path"] == "/"
+    assert morsel["httponly"] is True
+    assert not morsel["secure"]
+    assert not morsel["domain"]
+    assert not morsel["samesite"]
+    expires = parsedate_to_datetime(morsel["expires"]).timestamp()
+    expected = datetime.now(UTC).timestamp() + 3600
+    assert expected - 120 < expires < expected + 120
+
+
+def test_cookie_flags_follow_flask_config(make_app: AppFactory, session_dir: Path) -> None:
+    app = add_routes(
+        make_app(
+            SESSION_COOKIE_NAME="sid",
+            SESSION_COOKIE_SECURE=True,
+            SESSION_COOKIE_HTTPONLY=False,
+            SESSION_COOKIE_SAMESITE="Strict",
+            SESSION_COOKIE_DOMAIN="example.test",
+            SESSION_COOKIE_PATH="/app",
+        )
+    )
+    client = app.test_client()
+    response = client.get("/set/user/alice")
+    assert "session" not in set_cookies(response)
+    morsel = session_cookie(response, "sid")
+    assert morsel["secure"] is True
+    assert not morsel["httponly"]
+    assert morsel["samesite"] == "Strict"
+    assert morsel["domain"].lstrip(".") == "example.test"
+    assert morsel["path"] == "/app"
+    sid = morsel.value
+    other = app.test_client()
+    other.set_cookie("session", sid)
+    assert other.get("/get/user").text == "None"  # read from the configured name only
+    other.set_cookie("sid", sid)
+    assert other.get("/get/user").text == "alice"
+    cleared = other.get("/clear")
+    deletion = session_cookie(cleared, "sid")
+    assert is_deletion(deletion)
+    assert deletion["path"] == "/app" and deletion["domain"].lstrip(".") == "example.test"
+    assert files(session_dir) == []
+
+
+def test_a_non_permanent_session_has_a_browser_session_cookie(make_app: AppFactory) -> None:
+    app = add_routes(make_app(SESSION_PERMANENT=False))
+    client = app.test_client()
+    morsel = session_cookie(client.get("/set/user/alice"))
+    assert not morsel["expires"] and not morsel["max-age"]
+    # The id did not change and there is no expiry to refresh: no cookie is sent again.
+    assert "Set-Cookie" not in client.get("/set/user/bob").headers
+    assert client.get("/get/user").text == "bob"
+
+
+def test_a_view_can_make_the_session_non_permanent(app: Flask) -> None:
+    client = app.test_client()
+    assert client.get("/permanent").text == "True"  # SESSION_PERMANENT's default
+    morsel = session_cookie(client.get("/transient"))
+    assert not morsel["expires"]
+    assert client.get("/permanent").text == "False"  # kept with the stored session
+    assert client.get("/get/t").text == "1"
+
+
+@pytest.mark.parametrize("refresh", [True, False])
+def test_refresh_each_request(make_app: AppFactory, refresh: bool) -> None:
+    app = add_routes(make_app(SESSION_REFRESH_EACH_REQUEST=refresh))
+    client = app.test_client()
+    client.get("/set/user/alice")
+    response = client.get("/get/user")
+    assert response.text == "alice"
+    assert ("Set-Cookie" in response.headers) is refresh
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"SECRET_KEY": None}, "SECRET_KEY"),
+        ({"SECRET_KEY": ""}, "SECRET_KEY"),
+        ({"SESSION_ID_LENGTH": 15}, "SESSION_ID_LENGTH"),
+        ({"SESSION_ID_LENGTH": "32"}, "SESSION_ID_LENGTH"),
+        ({"SESSION_DILL_BACKEND": "memcached"}, "SESSION_DILL_BACKEND"),
+        ({"SESSION_DILL_BACKEND": 1}, "SESSION_DILL_BACKEND"),
+        ({"SESSION_PERMANENT": "yes"}, "SESSION_PERMANENT"),
+        ({"SESSION_KEY_PREFIX": 7}, "SESSION_KEY_PREFIX"),
+        ({"SESSION_FILE_DIR": 7}, "SESSION_FILE_DIR"),
+    ],
+)
+def test_config_errors_name_the_key(make_app: AppFactory, config: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key) as info:
+        make_app(**config)
+    assert isinstance(info.value, DillSessionError)
+
+
+def test_the_default_file_dir_is_in_the_instance_folder(tmp_path: Path) -> None:
+    app = add_routes(Flask(__name__, instance_path=str(tmp_path / "instance")))
+    app.config.update(SECRET_KEY="test-secret", SESSION_TYPE="dill")
+    Session(app)
+    directory = tmp_path / "instance" / "flask_dill_session"
+    assert directory.is_dir()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    client = app.test_client()
+    sid = session_cookie(client.get("/set/user/alice")).value
+    assert files(directory) == [stored_path(app, sid)]
+    assert str(stored_path(app, sid)).startswith(str(directory) + os.sep)
+
+
+def test_app_factory_pattern(tmp_path: Path) -> None:
+    extension = Session()
+    apps = []
+    for name in ("one", "two"):
+        app = add_routes(Flask(__name__))
+        app.config.update(
+            SECRET_KEY="test-secret", SESSION_TYPE="dill", SESSION_FILE_DIR=str(tmp_path / name)
+        )
+        extension.init_app(app)
+        assert app.extensions["flask_dill_session"] is extension
+        assert isinstance(app.session_interface, DillSessionInterface)
+        apps.append(app)
+    one, two = apps
+    sid = session_cookie(one.test_client().get("/set/user/alice")).value
+    assert files(tmp_path / "one") == [stored_path(one, sid)]
+    assert files(tmp_path / "two") == []
+    client = two.test_client()
+    client.set_cookie("session", sid)
+    assert client.get("/get/user").text == "None"  # each app has its own store
+
+
+def test_session_app_registers_itself(app: Flask) -> None:
+    extension = app.extensions["flask_dill_session"]
+    assert isinstance(extension, Session)
+    assert extension.app is app
+
+
+# -- other SESSION_TYPEs are Flask-Session's ---------------------------------------------
+
+
+def _delegated_app(session_type: str, tmp_path: Path, *, ours: bool) -> Flask:
+    app = add_routes(Flask(__name__))
+    app.config.update(TESTING=True, SECRET_KEY="test-secret", SESSION_TYPE=session_type)
+    if session_type == "cachelib":
+        app.config["SESSION_CACHELIB"] = FileSystemCache(str(tmp_path / "cachelib"))
+    else:
+        app.config["SESSION_FILE_DIR"] = str(tmp_path / "filesystem")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Flask-Session's own notices
+        if ours:
+            Session(app)
+        else:
+            flask_session.Session(app)
+    return app
+
+
+@pytest.mark.parametrize("session_type", ["cachelib", "filesystem"])
+def test_other_session_types_are_handed_to_flask_session(tmp_path: Path, session_type: str) -> None:
+    app = _delegated_app(session_type, tmp_path / "ours", ours=True)
+    reference = _delegated_app(session_type, tmp_path / "reference", ours=False)
+    assert type(app.session_interface) is type(reference.session_interface)
+    assert type(app.session_interface).__module__.startswith("flask_session.")
+    assert not isinstance(app.session_interface, DillSessionInterface)
+    assert isinstance(app.extensions["flask_dill_session"], Session)
+    client = app.test_client()
+    client.get("/set/user/alice")
+    assert client.get("/get/user").text == "alice"
+    assert files(tmp_path / "ours" / session_type)  # stored by Flask-Session's backend
+
+
+def test_a_missing_session_type_fails_as_flask_session_does(tmp_path: Path) -> None:
+    errors = []
+    for extension in (Session, flask_session.Session):
+        app = Flask(__name__)
+        app.config.update(SECRET_KEY="test-secret")
+        with pytest.raises(Exception) as info:
+            extension(app)
+        errors.append((type(info.value), str(info.value)))
+    assert errors[0] == errors[1]
