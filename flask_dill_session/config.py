@@ -6,9 +6,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .exc import ConfigError
+
+if TYPE_CHECKING:
+    from cachelib.base import BaseCache
+    from redis import Redis
 
 _DAY = 86400.0
 _MISSING = object()
@@ -70,6 +74,46 @@ def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
         file_dir=os.fspath(file_dir),
         fsync=_flag(config, "SESSION_DILL_FSYNC", False),
     )
+
+
+def read_redis_client(config: Mapping[str, Any]) -> Redis:
+    """``SESSION_REDIS``: a :class:`redis.Redis` client; never a default connection."""
+    client = config.get("SESSION_REDIS")
+    if client is None:
+        raise ConfigError(
+            "SESSION_REDIS must be set to a redis.Redis client when SESSION_DILL_BACKEND is"
+            ' "redis" (no default host is assumed), e.g. redis.Redis.from_url(url,'
+            " socket_timeout=2, socket_connect_timeout=2)"
+        )
+    try:
+        import redis
+    except ImportError:
+        raise ConfigError(
+            'SESSION_DILL_BACKEND = "redis" needs the redis package:'
+            " pip install flask-dill-session[redis]"
+        ) from None
+    if not isinstance(client, redis.Redis):
+        raise ConfigError(
+            f"SESSION_REDIS must be a redis.Redis client, got {type(client).__name__}"
+        )
+    if client.get_encoder().decode_responses:
+        raise ConfigError(
+            "SESSION_REDIS must be made with decode_responses=False: sessions are stored as bytes"
+        )
+    return client
+
+
+def read_cachelib_cache(config: Mapping[str, Any]) -> BaseCache:
+    """``SESSION_CACHELIB``: any :class:`cachelib.base.BaseCache`."""
+    from cachelib.base import BaseCache
+
+    cache = config.get("SESSION_CACHELIB")
+    if not isinstance(cache, BaseCache):
+        raise ConfigError(
+            "SESSION_CACHELIB must be a cachelib cache (a cachelib.base.BaseCache) when"
+            f' SESSION_DILL_BACKEND is "cachelib", got {type(cache).__name__}'
+        )
+    return cache
 
 
 def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import flask_session
 from flask import Flask
 from flask.globals import request_ctx
 
-from .config import Settings, read_settings
+from .config import Settings, read_cachelib_cache, read_redis_client, read_settings
 from .envelope import Envelope
 from .exc import ConfigError
 from .interface import DillSessionInterface
 from .session import DillSession
 from .stores.base import Store
 from .stores.filesystem import FileSystemStore
+
+logger = logging.getLogger("flask_dill_session")
 
 
 def _filesystem(app: Flask, settings: Settings) -> Store:
@@ -23,9 +26,44 @@ def _filesystem(app: Flask, settings: Settings) -> Store:
     )
 
 
+def _redis(app: Flask, settings: Settings) -> Store:
+    client = read_redis_client(app.config)
+    from .stores.redis import RedisStore  # here, so that redis stays an optional extra
+
+    store = RedisStore(
+        client,
+        lock_timeout=settings.lock_timeout,
+        lock_lease=settings.lock_lease,
+        quarantine_prefix=f"quarantine:{settings.key_prefix}",
+    )
+    if client.connection_pool.connection_kwargs.get("socket_timeout") is None:
+        logger.warning(
+            "SESSION_REDIS has no socket_timeout: requests will hang while Redis at %s does"
+            " not answer; give the client socket_timeout and socket_connect_timeout",
+            store.address,
+        )
+    return store
+
+
+def _cachelib(app: Flask, settings: Settings) -> Store:
+    from .stores.cachelib import CacheLibStore
+
+    cache = read_cachelib_cache(app.config)
+    if settings.locking:
+        logger.warning(
+            "SESSION_DILL_LOCKING is on, but the cachelib backend (%s) has no locks:"
+            " concurrent requests of one session may lose updates; use the filesystem or"
+            " redis backend for locking, or set SESSION_DILL_LOCKING = False",
+            type(cache).__name__,
+        )
+    return CacheLibStore(cache, quarantine_prefix=f"quarantine:{settings.key_prefix}")
+
+
 #: ``SESSION_DILL_BACKEND`` name -> factory of the store.
 BACKENDS: dict[str, Callable[[Flask, Settings], Store]] = {
     "filesystem": _filesystem,
+    "redis": _redis,
+    "cachelib": _cachelib,
 }
 
 

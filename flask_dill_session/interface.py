@@ -16,7 +16,12 @@ from flask.sessions import SessionInterface, SessionMixin
 
 from . import serializer
 from .envelope import PERMANENT, Envelope
-from .exc import BadPayloadError, SessionTooLargeError, SessionUnavailableError
+from .exc import (
+    BadPayloadError,
+    LockTimeoutError,
+    SessionTooLargeError,
+    SessionUnavailableError,
+)
 from .session import DillSession
 from .stores.base import Entry, Store
 
@@ -133,7 +138,7 @@ class DillSessionInterface(SessionInterface):
         """Delete *session* server-side now; the response clears its cookie (logout)."""
         session.load()
         self._drop(session)
-        dict.clear(session)
+        session.clear()  # not dict.clear: *session* may be the flask.session proxy
         self._start(session, created=self.clock())
 
     def release(self, session: DillSession) -> None:
@@ -145,7 +150,14 @@ class DillSessionInterface(SessionInterface):
 
     def _load(self, app: Flask, session: DillSession) -> None:
         if session.cookie_sid is not None:
-            entry = self.store.open(self.store_key(session.cookie_sid), lock=self.locking)
+            key = self.store_key(session.cookie_sid)
+            try:
+                entry = self.store.open(key, lock=self.locking)
+            except LockTimeoutError as exc:
+                logger.warning(
+                    "session %s is busy, answering 503: %s", _fingerprint(key), exc.description
+                )
+                raise
             if self._restore(session, entry):
                 return
             entry.release()

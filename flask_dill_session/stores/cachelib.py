@@ -1,0 +1,136 @@
+"""cachelib store: sessions in any :class:`cachelib.base.BaseCache` (memcached, valkey, ...).
+
+The cache holds the authenticated blob (``bytes``) under the store key, with the idle
+lifetime as its timeout. The dill codec and the MAC sit on top, as with every store.
+
+What the generic cache API cannot give, and so this store does not do:
+
+- **no locking** (``supports_locking = False``): concurrent requests of one session may
+  lose updates, as in Flask-Session. Use the filesystem or Redis store when that matters;
+- **no cheap touch**: ``BaseCache`` has no "expire" operation, so refreshing an unchanged
+  session's expiry rewrites the same bytes (only after checking that they are still the
+  ones this request read, so a read-only request does not undo a concurrent change);
+- updates of an existing session and quarantine check, then act, in two steps (``has``
+  then ``set``), not atomically.
+
+The cache serializes values itself: most cachelib caches (``FileSystemCache``,
+``RedisCache``, ``MongoDbCache``, ...) pickle what they store and unpickle it on read,
+*before* this package can check its MAC. Write access to such a cache is therefore code
+execution, whatever this package does; keep it as private as the application itself.
+Timeouts are whole seconds (rounded up), since that is what cachelib takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any, NoReturn
+
+from cachelib.base import BaseCache
+
+from ..exc import StoreUnavailableError
+from .base import Entry, Store
+
+logger = logging.getLogger("flask_dill_session")
+
+
+def _seconds(ttl: float) -> int:
+    """A cachelib timeout: whole seconds, at least 1 (0 would mean "never expires")."""
+    return max(1, math.ceil(ttl))
+
+
+def quarantine_key(prefix: str, key: str, blob: bytes) -> str:
+    """Where a bad blob is kept: the session's fingerprint (as logged) and a hash of the blob."""
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return f"{prefix}{fingerprint}:{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+class CacheLibStore(Store):
+    """Session blobs in *cache*; quarantined blobs under *quarantine_prefix*."""
+
+    supports_locking = False
+
+    def __init__(self, cache: BaseCache, *, quarantine_prefix: str = "quarantine:") -> None:
+        self.cache = cache
+        self.quarantine_prefix = quarantine_prefix
+        self.name = type(cache).__name__
+
+    def new(self, key: str) -> Entry:
+        return _CacheEntry(self, key, None)
+
+    def open(self, key: str, *, lock: bool) -> Entry:
+        """Read *key*; *lock* is ignored: this store has no locks."""
+        return _CacheEntry(self, key, self.get(key))
+
+    def get(self, key: str) -> bytes | None:
+        """The bytes stored under *key*; ``None`` if absent, expired or not bytes."""
+        with self.errors("reading a session"):
+            value = self.cache.get(key)
+        return value if isinstance(value, bytes) else None
+
+    @contextlib.contextmanager
+    def errors(self, action: str) -> Iterator[None]:
+        """Turn a failure of the cache into :class:`StoreUnavailableError`, logging it."""
+        try:
+            yield
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:
+            self.fail(action, f"{type(exc).__name__}: {exc}", exc)
+
+    def fail(self, action: str, reason: str, cause: BaseException | None = None) -> NoReturn:
+        logger.error("session store unavailable: %s failed while %s: %s", self.name, action, reason)
+        raise StoreUnavailableError("session store unavailable, try again shortly") from cause
+
+
+class _CacheEntry(Entry):
+    def __init__(self, store: CacheLibStore, key: str, blob: bytes | None) -> None:
+        self.store = store
+        self.key = key
+        self.blob = blob
+
+    @property
+    def _cache(self) -> Any:
+        return self.store.cache
+
+    def write(self, blob: bytes, ttl: float) -> bool:
+        timeout = _seconds(ttl)
+        with self.store.errors("writing a session"):
+            if self.blob is None:
+                if self._cache.add(self.key, blob, timeout=timeout):
+                    return True
+                if self._cache.has(self.key):
+                    return False  # taken: the caller starts another session
+                self.store.fail("writing a session", "the cache did not store it")
+            if not self._cache.has(self.key):
+                return False  # deleted meanwhile (logout elsewhere): do not resurrect
+            if not self._cache.set(self.key, blob, timeout=timeout):
+                self.store.fail("writing a session", "the cache did not store it")
+        return True
+
+    def touch(self, ttl: float) -> None:
+        if self.blob is None:
+            return
+        with self.store.errors("refreshing a session's expiry"):
+            if self.store.get(self.key) == self.blob:
+                self._cache.set(self.key, self.blob, timeout=_seconds(ttl))
+
+    def delete(self) -> None:
+        if self.blob is not None:
+            with self.store.errors("deleting a session"):
+                self._cache.delete(self.key)
+
+    def quarantine(self, ttl: float) -> None:
+        if self.blob is None:
+            return
+        target = quarantine_key(self.store.quarantine_prefix, self.key, self.blob)
+        with self.store.errors("quarantining a session"):
+            if self.store.get(self.key) == self.blob:
+                self._cache.set(target, self.blob, timeout=_seconds(ttl))
+                self._cache.delete(self.key)
+
+    def release(self) -> None:
+        """Nothing to release: this store takes no locks."""

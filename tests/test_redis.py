@@ -1,0 +1,395 @@
+"""The Redis backend: round trips, lock ownership and leases, several app processes sharing
+one Redis, and a Redis that stops or stalls. All against real ``redis-server`` processes."""
+
+from __future__ import annotations
+
+import contextlib
+import http.cookies
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask, session
+
+from flask_dill_session import ConfigError, DillSessionInterface
+from flask_dill_session.stores.redis import RedisStore, fingerprint
+
+from .apps.redis_app import redis_client
+from .support import ROOT, RedisServer, Server, free_port, gunicorn
+
+AppFactory = Callable[..., Flask]
+
+pytestmark = pytest.mark.redis
+
+SECRET = "redis-test-secret"
+KEY = "session:4mQ7nR2xT9vB1cK8pL5sD3fG6hJ0aZyXwVuEtSrQoNm"
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll *condition* until it holds; fail naming *what* if it never does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the shared test server, on an emptied database."""
+    result = redis.Redis(port=redis_server.port, socket_timeout=5, socket_connect_timeout=5)
+    result.flushdb()
+    yield result
+    result.close()
+
+
+@pytest.fixture
+def private_redis(redis_server: RedisServer, tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test alone, which it may stop, restart or freeze."""
+    server = RedisServer(tmp_path / "private-redis")
+    yield server
+    os.kill(server.proc.pid, signal.SIGCONT)  # in case the test froze it
+    server.stop()
+
+
+def counter_app(make_app: AppFactory, client: redis.Redis, **config: Any) -> Flask:
+    app = make_app(SECRET_KEY=SECRET, SESSION_DILL_BACKEND="redis", SESSION_REDIS=client, **config)
+
+    @app.route("/count")
+    def count() -> str:
+        session["x"] = session.get("x", 0) + 1
+        return str(session["x"])
+
+    @app.route("/get")
+    def get() -> str:
+        return str(session.get("x"))
+
+    @app.route("/noop")
+    def noop() -> str:
+        return "ok"
+
+    return app
+
+
+def store_of(app: Flask) -> RedisStore:
+    interface = app.session_interface
+    assert isinstance(interface, DillSessionInterface)
+    assert isinstance(interface.store, RedisStore)
+    return interface.store
+
+
+# -- round trips ---------------------------------------------------------------------------
+
+
+class CountingConnection(redis.Connection):
+    """A connection that counts what it sends: one send is one round trip."""
+
+    sends = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sends += 1
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize("locking", [True, False])
+def test_round_trips_per_request(
+    redis_server: RedisServer, client: redis.Redis, make_app: AppFactory, locking: bool
+) -> None:
+    pool = redis.ConnectionPool(
+        connection_class=CountingConnection, port=redis_server.port, socket_timeout=5
+    )
+    counted = redis.Redis(connection_pool=pool)
+    app = counter_app(make_app, counted, SESSION_DILL_LOCKING=locking)
+    browser = app.test_client()
+    for path in ("/count", "/count", "/get", "/noop"):  # connect, load the scripts
+        assert browser.get(path).status_code == 200
+
+    def cost(path: str, cookie: str | None = None) -> tuple[int, dict[str, int]]:
+        """Round trips of one request, and the Redis commands it ran (scripts included)."""
+        if cookie is not None:
+            browser.set_cookie("session", cookie)
+        before = {k: v["calls"] for k, v in client.info("commandstats").items()}
+        CountingConnection.sends = 0
+        assert browser.get(path).status_code == 200
+        sends = CountingConnection.sends
+        after = {k: v["calls"] for k, v in client.info("commandstats").items()}
+        ran = {k[8:]: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+        ran.pop("info", None)
+        return sends, ran
+
+    assert cost("/noop") == (0, {})
+    trips, ran = cost("/get")  # read, unchanged: touched with PEXPIRE, never rewritten
+    assert trips == 2
+    assert ran.get("pexpire") == 1
+    assert ran.get("set", 0) == locking  # only the lock's SET NX: the session is not rewritten
+    trips, ran = cost("/count")  # read, changed: one SET
+    assert trips == 2
+    assert ran.get("set", 0) == 1 + locking  # with locking, the lock's SET NX as well
+    browser.delete_cookie("session")
+    assert cost("/count")[0] == 1  # a new session: SET NX, nothing to read
+    interface = app.session_interface
+    assert isinstance(interface, DillSessionInterface)
+    unknown = interface.generate_sid()
+    assert cost("/count", unknown)[0] == 2  # an unknown id: one read, then a new session
+    assert client.keys("lock:*") == []
+
+
+# -- locks ---------------------------------------------------------------------------------
+
+
+def test_a_holder_whose_lease_ran_out_does_not_overwrite_the_next_holder(
+    client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStore(client, lock_timeout=5, lock_lease=0.2)
+    assert store.new(KEY).write(b"v0", 60)
+    slow = store.open(KEY, lock=True)
+    lock_key = store.lock_key(KEY)
+    wait_until(lambda: not client.exists(lock_key), "the end of the first lease")
+    next_holder = store.open(KEY, lock=True)
+    assert next_holder.blob == b"v0"
+    with caplog.at_level(logging.WARNING, logger="flask_dill_session"):
+        assert not slow.write(b"from the holder that lost its lock", 60)
+        slow.release()  # must not release the next holder's lock
+    assert client.get(KEY) == b"v0"
+    assert client.exists(lock_key)
+    assert any(fingerprint(KEY) in r.getMessage() for r in caplog.records)
+    assert next_holder.write(b"from the next holder", 60)
+    assert not slow.write(b"late again", 60)
+    assert client.get(KEY) == b"from the next holder"
+    assert not client.exists(lock_key)  # the write released it in the same round trip
+
+
+def test_the_lock_has_the_lease_as_its_ttl_and_a_missing_session_takes_no_lock(
+    client: redis.Redis,
+) -> None:
+    store = RedisStore(client, lock_timeout=5, lock_lease=30)
+    missing = store.open(KEY, lock=True)
+    assert missing.blob is None
+    assert client.keys("*") == []
+    assert store.new(KEY).write(b"v0", 60)
+    held = store.open(KEY, lock=True)
+    assert 0 < client.pttl(store.lock_key(KEY)) <= 30_000
+    held.release()
+    held.release()
+    assert not client.exists(store.lock_key(KEY))
+    assert store.cleanup() == 0
+
+
+def test_a_lock_held_by_a_killed_process_frees_itself_after_the_lease(
+    redis_server: RedisServer, client: redis.Redis, make_app: AppFactory, tmp_path: Path
+) -> None:
+    env = app_env(redis_server, tmp_path / "files", FLASK_SESSION_DILL_LOCK_LEASE="1")
+    server = serve_redis_app(tmp_path, env)
+    try:
+        sid = None
+        status, text, sid = fetch(server.url + "/count", sid)
+        assert (status, text) == (200, "1")
+
+        def hold() -> None:
+            with contextlib.suppress(OSError):  # the server dies under this request
+                fetch(server.url + "/hold", sid)
+
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+        lock_key = "lock:session:" + str(sid)
+        wait_until(lambda: bool(client.exists(lock_key)), "the /hold request taking the lock")
+    finally:
+        server.stop(signal.SIGKILL)
+    assert client.exists(lock_key)  # left behind by the killed process
+    app = counter_app(make_app, client, SESSION_DILL_LOCK_TIMEOUT=10)
+    browser = app.test_client()
+    browser.set_cookie("session", str(sid))
+    assert browser.get("/count").text == "2"  # waited for the lease, the held change is lost
+
+
+# -- several processes -----------------------------------------------------------------
+
+
+def test_two_app_servers_sharing_only_redis_serve_one_session(
+    redis_server: RedisServer, client: redis.Redis, tmp_path: Path
+) -> None:
+    common = {"FLASK_SESSION_DILL_LOCK_TIMEOUT": "30"}
+    dirs = [tmp_path / "files-a", tmp_path / "files-b"]
+    servers = [
+        gunicorn(tmp_path, "tests.apps.redis_app:create_app()", app_env(redis_server, d, **common))
+        for d in dirs
+    ]
+    try:
+        a, b = (server.url for server in servers)
+        pids = [{fetch(url + "/pid")[1] for _ in range(6)} for url in (a, b)]
+        assert not pids[0] & pids[1]  # two separate sets of processes
+
+        status, _, sid = fetch(a + "/start")
+        assert status == 200 and sid is not None
+        for expected in range(1, 7):  # alternately: state carries over
+            url = (a, b)[expected % 2]
+            assert fetch(url + "/count", sid)[:2] == (200, str(expected))
+
+        clients, rounds = 16, 10
+        failures: list[str] = []
+
+        def work(n: int) -> None:
+            for i in range(rounds):
+                url = (a, b)[(n + i) % 2]
+                status, text, _ = fetch(url + "/count", sid)
+                if status != 200:
+                    failures.append(f"{status} {text}")
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        total = str(6 + clients * rounds)
+        assert fetch(a + "/get", sid)[1] == total
+        assert fetch(b + "/get", sid)[1] == total
+    finally:
+        for server in servers:
+            server.stop()
+    for directory in dirs:  # nothing went through the filesystem
+        assert not directory.exists() or not any(directory.rglob("*"))
+
+
+# -- Redis down or stalled -------------------------------------------------------------
+
+
+def test_redis_stopped_gives_503_with_a_log_line_then_recovers(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    server = serve_redis_app(tmp_path, app_env(private_redis, tmp_path / "files"))
+    try:
+        status, text, sid = fetch(server.url + "/count")
+        assert (status, text) == (200, "1")
+        private_redis.stop()
+        status, text, _ = fetch(server.url + "/count", sid)
+        assert status == 503
+        assert str(private_redis.port) not in text  # the cause is logged, not shown
+        assert fetch(server.url + "/pid", sid)[0] == 200  # requests without the session
+        log = server.log.read_text()
+        assert f"session store unavailable: Redis at 127.0.0.1:{private_redis.port}/0" in log
+        private_redis.restart()  # an empty Redis (no persistence): the session is gone
+        status, text, sid = fetch(server.url + "/count", sid)
+        assert (status, text) == (200, "1")
+        assert fetch(server.url + "/count", sid)[:2] == (200, "2")
+    finally:
+        server.stop()
+
+
+def test_a_stalled_redis_gives_503_instead_of_hanging(
+    private_redis: RedisServer, make_app: AppFactory
+) -> None:
+    url = f"redis://127.0.0.1:{private_redis.port}/0"
+    app = counter_app(make_app, redis_client(url, timeout=0.5))
+    browser = app.test_client()
+    assert browser.get("/count").text == "1"
+    os.kill(private_redis.proc.pid, signal.SIGSTOP)
+    statuses: list[int] = []
+    try:
+        request = threading.Thread(
+            target=lambda: statuses.append(browser.get("/count").status_code), daemon=True
+        )
+        request.start()
+        request.join(60)  # a hang detector, far above the client's timeouts
+        assert not request.is_alive(), "the request hung on a stalled Redis"
+    finally:
+        os.kill(private_redis.proc.pid, signal.SIGCONT)
+    assert statuses == [503]
+    assert browser.get("/count").text == "2"
+
+
+def test_a_client_without_socket_timeout_is_warned_about(
+    redis_server: RedisServer, make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="flask_dill_session"):
+        counter_app(make_app, redis.Redis(port=redis_server.port, socket_timeout=None))
+    assert any("socket_timeout" in r.getMessage() for r in caplog.records)
+
+
+def test_a_short_ttl_runs_out_in_redis_itself(client: redis.Redis, make_app: AppFactory) -> None:
+    app = counter_app(make_app, client, PERMANENT_SESSION_LIFETIME=timedelta(milliseconds=300))
+    browser = app.test_client()
+    assert browser.get("/count").text == "1"
+    cookie = browser.get_cookie("session")
+    assert cookie is not None
+    key = "session:" + cookie.value
+    assert 0 < client.pttl(key) <= 300
+    wait_until(lambda: not client.exists(key), "Redis expiring the session")
+    assert browser.get("/count").text == "1"
+
+
+def test_quarantine_keeps_the_blob_under_its_fingerprint_with_its_own_ttl(
+    client: redis.Redis, make_app: AppFactory
+) -> None:
+    app = counter_app(make_app, client, SESSION_DILL_QUARANTINE_LIFETIME=3600)
+    browser = app.test_client()
+    assert browser.get("/count").text == "1"
+    cookie = browser.get_cookie("session")
+    assert cookie is not None
+    key = "session:" + cookie.value
+    client.set(key, b"garbage", px=60_000)
+    assert browser.get("/count").text == "1"  # a fresh session
+    kept = client.keys(f"quarantine:session:{fingerprint(key)}:*")
+    assert len(kept) == 1
+    assert client.get(kept[0]) == b"garbage"
+    assert 3_500_000 < client.pttl(kept[0]) <= 3_600_000
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+def test_redis_backend_needs_a_redis_client(make_app: AppFactory) -> None:
+    with pytest.raises(ConfigError, match="SESSION_REDIS"):
+        make_app(SESSION_DILL_BACKEND="redis")
+    with pytest.raises(ConfigError, match=r"SESSION_REDIS must be a redis\.Redis client"):
+        make_app(SESSION_DILL_BACKEND="redis", SESSION_REDIS="redis://127.0.0.1:6379")
+    with pytest.raises(ConfigError, match="decode_responses=False"):
+        make_app(SESSION_DILL_BACKEND="redis", SESSION_REDIS=redis.Redis(decode_responses=True))
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def app_env(server: RedisServer, files: Path, **extra: str) -> dict[str, str]:
+    return {
+        "FDS_REDIS_URL": f"redis://127.0.0.1:{server.port}/0",
+        "FLASK_SECRET_KEY": SECRET,
+        "FLASK_SESSION_FILE_DIR": str(files),
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
+
+
+def serve_redis_app(tmp_path: Path, env: dict[str, str]) -> Server:
+    """``python -m tests.apps.redis_app`` (Werkzeug's threaded server) on a free port."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.apps.redis_app"]
+    return Server(argv, port, {**env, "PORT": str(port)}, tmp_path)
+
+
+def fetch(url: str, sid: str | None = None) -> tuple[int, str, str | None]:
+    """GET *url* with the session cookie *sid*: status, body, and the session id after."""
+    request = urllib.request.Request(url)
+    if sid is not None:
+        request.add_header("Cookie", f"session={sid}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, body, headers = response.status, response.read().decode(), response.headers
+    except urllib.error.HTTPError as error:
+        status, body, headers = error.code, error.read().decode(), error.headers
+    for header in headers.get_all("Set-Cookie") or []:
+        cookie = http.cookies.SimpleCookie(header)
+        if "session" in cookie:
+            sid = cookie["session"].value or None
+    return status, body, sid
