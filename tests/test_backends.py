@@ -40,6 +40,7 @@ LIFETIME = 1000.0  # idle lifetime (PERMANENT_SESSION_LIFETIME), seconds
 COOKIE = "session"
 PREFIX = "session:"
 BACKENDS = ["filesystem", "redis", "cachelib-file", "cachelib-simple"]
+LOCKING_BACKENDS = ["filesystem", "redis"]  # cachelib has no locks (documented)
 
 
 class Clock:
@@ -156,8 +157,27 @@ def backend(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Backend:
+    return make_backend(request.param, request, session_dir, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=LOCKING_BACKENDS)
+def locking_backend(
+    request: pytest.FixtureRequest,
+    session_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Backend:
+    return make_backend(request.param, request, session_dir, tmp_path, monkeypatch)
+
+
+def make_backend(
+    name: str,
+    request: pytest.FixtureRequest,
+    session_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Backend:
     clock = Clock()
-    name = request.param
     if name == "filesystem":
         return Backend(
             name,
@@ -466,10 +486,14 @@ def test_an_unchanged_session_is_touched_not_rewritten(
 # -- locking -----------------------------------------------------------------------------
 
 
-def test_concurrent_increments_lose_nothing(backend: Backend, make_app: AppFactory) -> None:
-    if not backend.locking:
-        assert interface(build(backend, make_app)).locking is False
-        pytest.skip(f"{backend.name} has no locks (documented): updates may be lost")
+def test_cachelib_has_no_locks(make_app: AppFactory, tmp_path: Path) -> None:
+    cache = cachelib.FileSystemCache(str(tmp_path / "cache"), threshold=0)
+    app = make_app(SESSION_DILL_BACKEND="cachelib", SESSION_CACHELIB=cache)
+    assert interface(app).locking is False
+
+
+def test_concurrent_increments_lose_nothing(locking_backend: Backend, make_app: AppFactory) -> None:
+    backend = locking_backend
     app = build(backend, make_app)
     sid = started(app.test_client(), "n", 0)
     threads, rounds = 8, 25
@@ -495,9 +519,10 @@ def test_concurrent_increments_lose_nothing(backend: Backend, make_app: AppFacto
     assert client.get("/get/n").text == str(threads * rounds)
 
 
-def test_a_held_lock_gives_503_with_retry_after(backend: Backend, make_app: AppFactory) -> None:
-    if not backend.locking:
-        pytest.skip(f"{backend.name} has no locks")
+def test_a_held_lock_gives_503_with_retry_after(
+    locking_backend: Backend, make_app: AppFactory
+) -> None:
+    backend = locking_backend
     app = build(backend, make_app, SESSION_DILL_LOCK_TIMEOUT=0.2)
     client = app.test_client()
     sid = started(client)
