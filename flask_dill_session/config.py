@@ -44,7 +44,10 @@ def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
     if not secret or not isinstance(secret, (str, bytes)):
         raise ConfigError("SECRET_KEY must be set: stored sessions are authenticated with it")
     fallbacks = config.get("SECRET_KEY_FALLBACKS") or ()
-    if not all(isinstance(key, (str, bytes)) and key for key in fallbacks):
+    # A lone string would be iterated into one-character keys that anyone can guess.
+    if not isinstance(fallbacks, (list, tuple)) or not all(
+        isinstance(key, (str, bytes)) and key for key in fallbacks
+    ):
         raise ConfigError("SECRET_KEY_FALLBACKS must be a list of non-empty str or bytes")
     sid_length = _integer(config, "SESSION_ID_LENGTH", 32)
     if sid_length < 16:

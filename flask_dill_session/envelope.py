@@ -45,13 +45,20 @@ class Envelope:
     """Seals and opens blobs with the current secret; also opens those of *fallbacks*."""
 
     def __init__(self, secret: str | bytes, fallbacks: Sequence[str | bytes] = ()) -> None:
+        if isinstance(fallbacks, (str, bytes)):  # would become one-character keys
+            raise TypeError("fallbacks must be a sequence of secrets, not one secret")
+        if not secret or not all(fallbacks):
+            raise ValueError("secrets must not be empty")
         self._keys = [derive_key(secret), *(derive_key(key) for key in fallbacks)]
+        # HMAC (RFC 2104) with its inner and outer hashes keyed once: each MAC starts from
+        # copies of them, since keying costs more than hashing a small blob.
+        self._macs = [_keyed(key) for key in self._keys]
 
     def seal(
         self, store_key: str, payload: bytes, *, flags: int, created: float, expires: float | None
     ) -> bytes:
         header = _HEADER.pack(MAGIC, flags, created, expires or 0.0)
-        return header + payload + self._mac(self._keys[0], store_key, header, payload)
+        return header + payload + self._mac(self._macs[0], store_key, header, payload)
 
     def open(self, store_key: str, blob: bytes) -> Opened:
         """Authenticate *blob* as stored under *store_key*; raise :class:`BadPayloadError`."""
@@ -61,8 +68,8 @@ class Envelope:
         payload = blob[_HEADER.size : -_MAC_SIZE]
         mac = blob[-_MAC_SIZE:]
         matches = [
-            hmac.compare_digest(mac, self._mac(key, store_key, header, payload))
-            for key in self._keys
+            hmac.compare_digest(mac, self._mac(keyed, store_key, header, payload))
+            for keyed in self._macs
         ]
         if not any(matches):
             raise BadPayloadError("authentication failed (wrong key, wrong session, or tampered)")
@@ -72,9 +79,24 @@ class Envelope:
         return Opened(payload, flags, created, expires or None, matches[0])
 
     @staticmethod
-    def _mac(key: bytes, store_key: str, header: bytes, payload: bytes) -> bytes:
+    def _mac(keyed: _Keyed, store_key: str, header: bytes, payload: bytes) -> bytes:
         name = store_key.encode()
-        mac = hmac.new(key, len(name).to_bytes(2, "big") + name, hashlib.sha256)
-        mac.update(header)
-        mac.update(payload)
-        return mac.digest()
+        inner = keyed[0].copy()
+        inner.update(len(name).to_bytes(2, "big") + name)
+        inner.update(header)
+        inner.update(payload)
+        outer = keyed[1].copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+_Keyed = tuple["hashlib._Hash", "hashlib._Hash"]
+_BLOCK = hashlib.sha256().block_size
+_IPAD = bytes(byte ^ 0x36 for byte in range(256))
+_OPAD = bytes(byte ^ 0x5C for byte in range(256))
+
+
+def _keyed(key: bytes) -> _Keyed:
+    """HMAC-SHA256's inner and outer hashes, keyed with *key* (at most one block long)."""
+    block = key.ljust(_BLOCK, b"\0")
+    return hashlib.sha256(block.translate(_IPAD)), hashlib.sha256(block.translate(_OPAD))

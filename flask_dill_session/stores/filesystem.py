@@ -37,11 +37,14 @@ from .base import Entry, Store
 _MAGIC = b"\xfd\x53"
 _RECORD = struct.Struct("<2sIId")  # magic, length, crc32(deadline + blob), deadline
 _DEADLINE = struct.Struct("<d")
+_HEAD = struct.Struct("<2sI")  # the start of a record: magic, length
+_STAMPED = _RECORD.size - _DEADLINE.size  # where the checksummed bytes of a record begin
 _COMPACT_AT = 4096  # bytes; compact when a file would outgrow this and 4 records
 _READ = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _TMP_SUFFIX = ".tmp"
 _CLEANUP_GRACE = 60.0  # seconds; never reap a file this close to its deadline
+_TOUCH_STEP = 1.0  # seconds; a touch that would move the deadline by less is skipped
 
 
 def frame(blob: bytes, deadline: float) -> bytes:
@@ -53,20 +56,28 @@ def frame(blob: bytes, deadline: float) -> bytes:
 
 def last_record(data: bytes) -> tuple[bytes | None, float]:
     """The newest intact record's blob and deadline, or ``(None, 0.0)``."""
-    candidates: list[tuple[int, int, int, float]] = []
-    pos, end = 0, len(data)
-    while pos + _RECORD.size <= end:
-        magic, length, crc, deadline = _RECORD.unpack_from(data, pos)
-        start = pos + _RECORD.size
-        if magic != _MAGIC or start + length > end:
+    blob, deadline, _ = _parse(data)
+    return blob, deadline
+
+
+def _parse(data: bytes) -> tuple[bytes | None, float, int]:
+    """:func:`last_record`, and the offset where that record ends (0 if there is none)."""
+    starts: list[int] = []
+    keep = starts.append
+    pos, end, size, unpack = 0, len(data), _RECORD.size, _HEAD.unpack_from
+    while pos + size <= end:  # walk the headers; check only the newest records' CRCs
+        magic, length = unpack(data, pos)
+        if magic != _MAGIC or pos + size + length > end:
             break
-        candidates.append((start, start + length, crc, deadline))
-        pos = start + length
-    for start, stop, crc, deadline in reversed(candidates):
-        blob = data[start:stop]
-        if zlib.crc32(blob, zlib.crc32(_DEADLINE.pack(deadline))) == crc:
-            return blob, deadline
-    return None, 0.0
+        keep(pos)
+        pos += size + length
+    view = memoryview(data)
+    for pos in reversed(starts):
+        _, length, crc, deadline = _RECORD.unpack_from(data, pos)
+        stop = pos + size + length
+        if zlib.crc32(view[pos + _STAMPED : stop]) == crc:  # the deadline, then the blob
+            return data[pos + size : stop], deadline, stop
+    return None, 0.0, 0
 
 
 class FileSystemStore(Store):
@@ -103,7 +114,8 @@ class FileSystemStore(Store):
             except (FileNotFoundError, NotADirectoryError):
                 return self.new(key)
             except OSError as exc:
-                if exc.errno == errno.ELOOP:  # a symlink planted in the store
+                # a symlink, directory or socket planted where a session file belongs
+                if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
                     return self.new(key)
                 raise
             try:
@@ -122,16 +134,17 @@ class FileSystemStore(Store):
             except BaseException:
                 _close_quietly(fd)
                 raise
-            blob, deadline = last_record(data)
+            blob, deadline, stop = _parse(data)
             if blob is None or max(deadline, info.st_mtime) <= self.clock():
                 if lock and blob is not None:
                     _unlink_quietly(path)
                 os.close(fd)
                 return self.new(key)
             entry = _FileEntry(self, key, path, fd, blob, len(data), locked=lock)
+            entry.expires = max(deadline, info.st_mtime)
             # Bytes after the newest intact record (a torn append): a record appended after
             # them could never be found, so the next write compacts instead.
-            entry.torn = not data.endswith(frame(blob, deadline))
+            entry.torn = stop != len(data)
             return entry
 
     def cleanup(self) -> int:
@@ -209,6 +222,7 @@ class _FileEntry(Entry):
         self._size = size
         self._locked = locked
         self.torn = False
+        self.expires = 0.0  # the deadline stored when opened
 
     def write(self, blob: bytes, ttl: float) -> bool:
         deadline = self.store.clock() + ttl
@@ -227,6 +241,8 @@ class _FileEntry(Entry):
     def touch(self, ttl: float) -> None:
         if self._fd is not None:
             deadline = self.store.clock() + ttl
+            if 0.0 <= deadline - self.expires < _TOUCH_STEP:
+                return  # refreshed less than a second ago: a burst of requests, one utime
             os.utime(self._fd, (deadline, deadline))
 
     def delete(self) -> None:
