@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import secrets
@@ -23,7 +22,7 @@ from .exc import (
     SessionUnavailableError,
 )
 from .session import DillSession
-from .stores.base import Entry, Store
+from .stores.base import Entry, Store, fingerprint
 
 logger = logging.getLogger("flask_dill_session")
 
@@ -155,7 +154,7 @@ class DillSessionInterface(SessionInterface):
                 entry = self.store.open(key, lock=self.locking)
             except LockTimeoutError as exc:
                 logger.warning(
-                    "session %s is busy, answering 503: %s", _fingerprint(key), exc.description
+                    "session %s is busy, answering 503: %s", fingerprint(key), exc.description
                 )
                 raise
             if self._restore(session, entry):
@@ -172,7 +171,7 @@ class DillSessionInterface(SessionInterface):
         except BadPayloadError as exc:
             logger.warning(
                 "stored session %s is unusable and was quarantined: %s",
-                _fingerprint(entry.key),
+                fingerprint(entry.key),
                 exc,
             )
             entry.quarantine(self.quarantine_lifetime)
@@ -274,11 +273,6 @@ class DillSessionInterface(SessionInterface):
             partitioned=self.get_cookie_partitioned(app),
             httponly=self.get_cookie_httponly(app),
         )
-
-
-def _fingerprint(key: str) -> str:
-    """A short hash that names a session in logs without revealing its id."""
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _answer_unavailable(response: Response, exc: SessionUnavailableError) -> None:

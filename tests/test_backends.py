@@ -114,9 +114,9 @@ class Backend:
                 for path in self.quarantine_dir.glob("*")
                 if path.is_file()
             )
-        from flask_dill_session.stores.cachelib import quarantine_key
+        from flask_dill_session.stores.base import quarantine_name
 
-        target = quarantine_key(f"quarantine:{PREFIX}", key, blob)
+        target = f"quarantine:{PREFIX}" + quarantine_name(key, blob)
         if self.redis is not None:
             return bool(self.redis.get(target) == blob)
         return bool(self.cache.get(target) == blob)

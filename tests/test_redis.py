@@ -23,7 +23,8 @@ import redis
 from flask import Flask, session
 
 from flask_dill_session import ConfigError, DillSessionInterface
-from flask_dill_session.stores.redis import RedisStore, fingerprint
+from flask_dill_session.stores.base import fingerprint
+from flask_dill_session.stores.redis import RedisStore
 
 from .apps.redis_app import redis_client
 from .support import ROOT, RedisServer, Server, free_port, gunicorn

@@ -6,7 +6,18 @@ holds its lock (if any) while it works, and releases it at the end.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
+
+
+def fingerprint(key: str) -> str:
+    """A short hash that names a session in logs and quarantine without revealing its id."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def quarantine_name(key: str, blob: bytes) -> str:
+    """The name a bad blob is kept under: the session's fingerprint and a hash of the blob."""
+    return f"{fingerprint(key)}:{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
 class Entry(ABC):

@@ -23,7 +23,6 @@ Timeouts are whole seconds (rounded up), since that is what cachelib takes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from typing import Any, NoReturn
 from cachelib.base import BaseCache
 
 from ..exc import StoreUnavailableError
-from .base import Entry, Store
+from .base import Entry, Store, quarantine_name
 
 logger = logging.getLogger("flask_dill_session")
 
@@ -40,12 +39,6 @@ logger = logging.getLogger("flask_dill_session")
 def _seconds(ttl: float) -> int:
     """A cachelib timeout: whole seconds, at least 1 (0 would mean "never expires")."""
     return max(1, math.ceil(ttl))
-
-
-def quarantine_key(prefix: str, key: str, blob: bytes) -> str:
-    """Where a bad blob is kept: the session's fingerprint (as logged) and a hash of the blob."""
-    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return f"{prefix}{fingerprint}:{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
 class CacheLibStore(Store):
@@ -126,7 +119,7 @@ class _CacheEntry(Entry):
     def quarantine(self, ttl: float) -> None:
         if self.blob is None:
             return
-        target = quarantine_key(self.store.quarantine_prefix, self.key, self.blob)
+        target = self.store.quarantine_prefix + quarantine_name(self.key, self.blob)
         with self.store.errors("quarantining a session"):
             if self.store.get(self.key) == self.blob:
                 self._cache.set(target, self.blob, timeout=_seconds(ttl))

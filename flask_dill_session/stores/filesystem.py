@@ -23,6 +23,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import math
 import os
 import secrets
 import stat
@@ -32,7 +33,7 @@ import zlib
 from collections.abc import Callable, Iterator
 
 from ..exc import LockTimeoutError
-from .base import Entry, Store
+from .base import Entry, Store, fingerprint
 
 _MAGIC = b"\xfd\x53"
 _RECORD = struct.Struct("<2sIId")  # magic, length, crc32(deadline + blob), deadline
@@ -153,12 +154,12 @@ class FileSystemStore(Store):
         removed = 0
         for entry in _files(self.directory, shards=True):
             if entry.name.endswith(_TMP_SUFFIX):
-                if entry.stat().st_mtime < now - 3600:
+                if _mtime(entry) < now - 3600:
                     removed += _unlink_quietly(entry.path)
-            elif entry.stat().st_mtime < now - _CLEANUP_GRACE:
+            elif _mtime(entry) < now - _CLEANUP_GRACE:
                 removed += self._reap(entry.path, now)
         for entry in _files(self.quarantine_dir, shards=False):
-            if entry.stat().st_mtime < now:
+            if _mtime(entry) < now:
                 removed += _unlink_quietly(entry.path)
         return removed
 
@@ -254,7 +255,7 @@ class _FileEntry(Entry):
             return
         now = self.store.clock()
         os.makedirs(self.store.quarantine_dir, mode=0o700, exist_ok=True)
-        name = f"{os.path.basename(self.path)}.{int(now)}.{secrets.token_hex(4)}"
+        name = f"{fingerprint(self.key)}.{int(now)}.{secrets.token_hex(4)}"  # as logged
         target = os.path.join(self.store.quarantine_dir, name)
         try:
             os.rename(self.path, target)
@@ -322,6 +323,14 @@ def _files(directory: str, *, shards: bool) -> Iterator[os.DirEntry[str]]:
                 for file in inner:
                     if file.is_file(follow_symlinks=False):
                         yield file
+
+
+def _mtime(entry: os.DirEntry[str]) -> float:
+    """The mtime of a listed file, or infinity if it is gone already (renamed, deleted)."""
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except FileNotFoundError:
+        return math.inf
 
 
 def _unlink_quietly(path: str) -> int:

@@ -53,7 +53,6 @@ hang requests.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 from collections.abc import Iterator
@@ -63,7 +62,7 @@ import redis
 from redis.lock import Lock
 
 from ..exc import ConfigError, LockTimeoutError, StoreUnavailableError
-from .base import Entry, Store
+from .base import Entry, Store, fingerprint, quarantine_name
 
 logger = logging.getLogger("flask_dill_session")
 
@@ -130,16 +129,6 @@ return moved
 def _ms(seconds: float) -> int:
     """A TTL in whole milliseconds, at least 1 (``PX 0`` is an error in Redis)."""
     return max(1, math.ceil(seconds * 1000))
-
-
-def fingerprint(key: str) -> str:
-    """The short hash that names a session in logs and quarantine keys."""
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-def quarantine_key(prefix: str, key: str, blob: bytes) -> str:
-    """Where a bad blob is kept: the session's fingerprint and a hash of the blob."""
-    return f"{prefix}{fingerprint(key)}:{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
 def describe(client: redis.Redis) -> str:
@@ -345,7 +334,7 @@ class _RedisEntry(Entry):
     def quarantine(self, ttl: float) -> None:
         if self.blob is None:
             return
-        target = quarantine_key(self.store.quarantine_prefix, self.key, self.blob)
+        target = self.store.quarantine_prefix + quarantine_name(self.key, self.blob)
         with self.store.errors("quarantining a session"):
             self.store.quarantine_script(
                 keys=[*self._keys(), target], args=[self._token or b"", self.blob, _ms(ttl)]
