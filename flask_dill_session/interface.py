@@ -90,10 +90,13 @@ class DillSessionInterface(SessionInterface):
         return app.permanent_session_lifetime.total_seconds()
 
     def should_set_cookie(self, app: Flask, session: SessionMixin) -> bool:
-        """Set the cookie when the id changed, or to refresh a permanent session's expiry."""
+        """Set the cookie when the id changed or the session was written (its expiry and
+        permanence follow the stored session), or to refresh a permanent session's expiry."""
         assert isinstance(session, DillSession)
-        return session.sid != session.cookie_sid or bool(
-            session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]
+        return (
+            session.sid != session.cookie_sid
+            or session.written
+            or bool(session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"])
         )
 
     def get_expiration_time(self, app: Flask, session: SessionMixin) -> datetime | None:
@@ -114,7 +117,10 @@ class DillSessionInterface(SessionInterface):
         return self.session_class(sid, self.permanent, partial(self._load, app))
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        if not isinstance(session, DillSession) or not session.loaded:
+        if not isinstance(session, DillSession):
+            return
+        session.saved = True  # a later read (e.g. in a teardown hook) takes no lock
+        if not session.loaded:
             return  # never used in this request: no store I/O, no cookie change
         try:
             self._save(app, session, response)
@@ -151,15 +157,22 @@ class DillSessionInterface(SessionInterface):
         if session.cookie_sid is not None:
             key = self.store_key(session.cookie_sid)
             try:
-                entry = self.store.open(key, lock=self.locking)
+                entry = self.store.open(key, lock=self.locking and not session.saved)
             except LockTimeoutError as exc:
                 logger.warning(
                     "session %s is busy, answering 503: %s", fingerprint(key), exc.description
                 )
                 raise
-            if self._restore(session, entry):
-                return
+            try:
+                restored = self._restore(session, entry)
+            except BaseException:
+                entry.release()
+                raise
+            if restored and not session.saved:
+                return  # the entry (and its lock) is held until save_session
             entry.release()
+            if restored:
+                return
         self._start(session, created=self.clock())
 
     def _restore(self, session: DillSession, entry: Entry) -> bool:
@@ -174,7 +187,15 @@ class DillSessionInterface(SessionInterface):
                 fingerprint(entry.key),
                 exc,
             )
-            entry.quarantine(self.quarantine_lifetime)
+            try:
+                entry.quarantine(self.quarantine_lifetime)
+            except OSError as error:
+                logger.error(
+                    "stored session %s could not be quarantined, deleting it: %s",
+                    fingerprint(entry.key),
+                    error,
+                )
+                entry.delete()
             return False
         if self._past_absolute(opened.created, opened.expires):
             entry.delete()
@@ -213,7 +234,7 @@ class DillSessionInterface(SessionInterface):
             return
         payload = self.dump(session)
         ttl = self.idle_lifetime(app)
-        if session.new or session.modified or session.reseal or payload != session.payload:
+        if self._changed(session, payload):
             blob = self.envelope.seal(
                 entry.key,
                 payload,
@@ -223,10 +244,22 @@ class DillSessionInterface(SessionInterface):
             )
             if not entry.write(blob, ttl):
                 return  # deleted meanwhile (logout elsewhere): do not resurrect
+            session.written = True
         else:
             entry.touch(ttl)
         if self.should_set_cookie(app, session):
             self._set_cookie(app, session, response)
+
+    @staticmethod
+    def _changed(session: DillSession, payload: bytes) -> bool:
+        """Whether *payload* must be written: new, assigned to, or different data."""
+        if session.new or session.modified or session.reseal or session.payload is None:
+            return True
+        if payload == session.payload:
+            return False
+        # Equal data can serialize differently in another process (a set of strings is
+        # ordered by per-process hashes): compare with what this process makes of it.
+        return payload != serializer.dumps(serializer.loads(session.payload))
 
     def dump(self, session: DillSession) -> bytes:
         """Serialize the session's data, enforcing ``max_size``."""

@@ -248,14 +248,15 @@ def test_a_torn_first_record_is_absent(store: FileSystemStore) -> None:
 def test_compaction_keeps_the_latest_value(store: FileSystemStore) -> None:
     path = store.path(KEY)
     put(store, KEY, b"v0" * 200)
-    first_inode = os.stat(path).st_ino
+    inodes = {os.stat(path).st_ino}
     sizes = []
     for n in range(1, 60):
         assert put(store, KEY, f"v{n}".encode() * 200)
         sizes.append(os.path.getsize(path))
+        inodes.add(os.stat(path).st_ino)
         assert get(store, KEY) == f"v{n}".encode() * 200
-    assert os.stat(path).st_ino != first_inode  # the file was rewritten at least once
-    assert max(sizes) < 4096 + 1000  # and does not grow without bound
+    assert len(inodes) > 1  # the file was rewritten at least once (inode numbers get reused)
+    assert max(sizes) < 8192 + 1000  # and does not grow without bound
     assert not [p for p in files(Path(store.directory)) if p.name.endswith(".tmp")]
 
 

@@ -10,7 +10,8 @@ and has no locks. Here:
   served, so a crash loses at most the write it interrupted;
 - once a file holds several records it is compacted by writing a new file and renaming
   it over the old one, so the rename cost is paid once per many writes;
-- a touch is one ``utime``; a read is one ``open`` + ``fstat`` + ``pread``;
+- a touch is one ``utime`` (skipped when the deadline moved less than a second ago); a
+  read is one ``open`` + ``fstat`` + ``pread``;
 - the per-session lock is an ``flock`` on the session's own file (released by the kernel
   if the process dies, and no lock file is left behind);
 - file names are a hash of the store key, never cookie text; files are 0600 in 0700
@@ -40,7 +41,7 @@ _RECORD = struct.Struct("<2sIId")  # magic, length, crc32(deadline + blob), dead
 _DEADLINE = struct.Struct("<d")
 _HEAD = struct.Struct("<2sI")  # the start of a record: magic, length
 _STAMPED = _RECORD.size - _DEADLINE.size  # where the checksummed bytes of a record begin
-_COMPACT_AT = 4096  # bytes; compact when a file would outgrow this and 4 records
+_COMPACT_AT = 8192  # bytes; compact when a file would outgrow this and 4 records
 _READ = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _TMP_SUFFIX = ".tmp"
@@ -234,7 +235,7 @@ class _FileEntry(Entry):
             return False  # deleted by another request: do not resurrect
         if self.torn or self._size + len(record) > max(_COMPACT_AT, 4 * len(record)):
             return self._compact(record, deadline)
-        os.write(self._fd, record)
+        _write_all(self._fd, record)
         self._size += len(record)
         self._finish(self._fd, deadline)
         return True
@@ -277,8 +278,11 @@ class _FileEntry(Entry):
         except FileExistsError:
             return False
         try:
-            os.write(fd, record)
+            _write_all(fd, record)
             self._finish(fd, deadline, new_name=True)
+        except BaseException:
+            _unlink_quietly(self.path)  # a half-made session file: never leave it
+            raise
         finally:
             os.close(fd)
         return True
@@ -287,8 +291,11 @@ class _FileEntry(Entry):
         tmp = f"{self.path}.{secrets.token_hex(6)}{_TMP_SUFFIX}"
         fd = os.open(tmp, _CREATE, 0o600)
         try:
-            os.write(fd, record)
+            _write_all(fd, record)
             self._finish(fd, deadline)
+        except BaseException:
+            _unlink_quietly(tmp)  # never rename a half-written file over a good one
+            raise
         finally:
             os.close(fd)
         assert self._fd is not None
@@ -331,6 +338,16 @@ def _mtime(entry: os.DirEntry[str]) -> float:
         return entry.stat(follow_symlinks=False).st_mtime
     except FileNotFoundError:
         return math.inf
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of *data*; a short write (disk full, quota, size limit) raises OSError."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written == 0:
+            raise OSError(errno.ENOSPC, "no space left for the session")
+        view = view[written:]
 
 
 def _unlink_quietly(path: str) -> int:
