@@ -50,9 +50,8 @@ class Envelope:
         if not secret or not all(fallbacks):
             raise ValueError("secrets must not be empty")
         self._keys = [derive_key(secret), *(derive_key(key) for key in fallbacks)]
-        # HMAC (RFC 2104) with its inner and outer hashes keyed once: each MAC starts from
-        # copies of them, since keying costs more than hashing a small blob.
-        self._macs = [_keyed(key) for key in self._keys]
+        # Keyed once; each MAC starts from a copy, since keying costs more than hashing.
+        self._macs = [hmac.new(key, digestmod=hashlib.sha256) for key in self._keys]
 
     def seal(
         self, store_key: str, payload: bytes, *, flags: int, created: float, expires: float | None
@@ -79,24 +78,10 @@ class Envelope:
         return Opened(payload, flags, created, expires or None, matches[0])
 
     @staticmethod
-    def _mac(keyed: _Keyed, store_key: str, header: bytes, payload: bytes) -> bytes:
+    def _mac(keyed: hmac.HMAC, store_key: str, header: bytes, payload: bytes) -> bytes:
         name = store_key.encode()
-        inner = keyed[0].copy()
-        inner.update(len(name).to_bytes(2, "big") + name)
-        inner.update(header)
-        inner.update(payload)
-        outer = keyed[1].copy()
-        outer.update(inner.digest())
-        return outer.digest()
-
-
-_Keyed = tuple["hashlib._Hash", "hashlib._Hash"]
-_BLOCK = hashlib.sha256().block_size
-_IPAD = bytes(byte ^ 0x36 for byte in range(256))
-_OPAD = bytes(byte ^ 0x5C for byte in range(256))
-
-
-def _keyed(key: bytes) -> _Keyed:
-    """HMAC-SHA256's inner and outer hashes, keyed with *key* (at most one block long)."""
-    block = key.ljust(_BLOCK, b"\0")
-    return hashlib.sha256(block.translate(_IPAD)), hashlib.sha256(block.translate(_OPAD))
+        mac = keyed.copy()
+        mac.update(len(name).to_bytes(2, "big") + name)
+        mac.update(header)
+        mac.update(payload)
+        return mac.digest()
