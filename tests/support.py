@@ -14,8 +14,37 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from flask import Flask
+
+from flask_dill_session import DillSessionInterface
+from flask_dill_session.stores.filesystem import FileSystemStore
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def interface(app: Flask) -> DillSessionInterface:
+    """The app's dill session interface."""
+    result = app.session_interface
+    assert isinstance(result, DillSessionInterface)
+    return result
+
+
+def filesystem_store(app: Flask) -> FileSystemStore:
+    """The app's filesystem store."""
+    result = interface(app).store
+    assert isinstance(result, FileSystemStore)
+    return result
 
 
 def free_port() -> int:

@@ -32,7 +32,7 @@ from flask_dill_session.stores.base import Entry, Store
 from flask_dill_session.stores.filesystem import FileSystemStore, last_record
 
 from .apps.roundtrip_app import KINDS, matches, values
-from .support import RedisServer
+from .support import Clock, RedisServer, interface
 
 AppFactory = Callable[..., Flask]
 
@@ -41,16 +41,6 @@ COOKIE = "session"
 PREFIX = "session:"
 BACKENDS = ["filesystem", "redis", "cachelib-file", "cachelib-simple"]
 LOCKING_BACKENDS = ["filesystem", "redis"]  # cachelib has no locks (documented)
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -305,12 +295,6 @@ def build(backend: Backend, make_app: AppFactory, **config: Any) -> Flask:
         raise RuntimeError("boom")
 
     return app
-
-
-def interface(app: Flask) -> DillSessionInterface:
-    result = app.session_interface
-    assert isinstance(result, DillSessionInterface)
-    return result
 
 
 def sid_of(client: FlaskClient) -> str | None:

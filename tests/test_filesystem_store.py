@@ -13,19 +13,11 @@ from flask import Flask, session
 
 from flask_dill_session.stores.filesystem import FileSystemStore, frame
 
+from .support import Clock
+
 AppFactory = Callable[..., Flask]
 
 KEY = "session:4mQ7nR2xT9vB1cK8pL5sD3fG6hJ0aZyXwVuEtSrQoNm"
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

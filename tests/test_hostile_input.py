@@ -20,8 +20,8 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flask_dill_session import DillSessionInterface
-from flask_dill_session.stores.filesystem import FileSystemStore
+from .support import filesystem_store as store
+from .support import interface
 
 AppFactory = Callable[..., Flask]
 
@@ -30,18 +30,6 @@ PREFIX = "session:"
 URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 SID_CHARS = 43  # secrets.token_urlsafe(32)
 STORE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{40}")
-
-
-def interface(app: Flask) -> DillSessionInterface:
-    result = app.session_interface
-    assert isinstance(result, DillSessionInterface)
-    return result
-
-
-def store(app: Flask) -> FileSystemStore:
-    result = interface(app).store
-    assert isinstance(result, FileSystemStore)
-    return result
 
 
 def build(make_app: AppFactory, **config: Any) -> Flask:

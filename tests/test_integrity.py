@@ -26,11 +26,14 @@ import pytest
 from flask import Flask, session
 from flask.testing import FlaskClient
 
-from flask_dill_session import ConfigError, DillSessionInterface, serializer
+from flask_dill_session import ConfigError, serializer
 from flask_dill_session.envelope import PERMANENT, Envelope
 from flask_dill_session.exc import SessionTooLargeError
 from flask_dill_session.session import DillSession
-from flask_dill_session.stores.filesystem import FileSystemStore, frame, last_record
+from flask_dill_session.stores.filesystem import frame, last_record
+
+from .support import Clock, interface
+from .support import filesystem_store as store
 
 AppFactory = Callable[..., Flask]
 
@@ -40,31 +43,9 @@ PREFIX = "session:"
 LIFETIME = 100.0  # PERMANENT_SESSION_LIFETIME, seconds
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-
-
-def interface(app: Flask) -> DillSessionInterface:
-    result = app.session_interface
-    assert isinstance(result, DillSessionInterface)
-    return result
-
-
-def store(app: Flask) -> FileSystemStore:
-    result = interface(app).store
-    assert isinstance(result, FileSystemStore)
-    return result
 
 
 def build(make_app: AppFactory, clock: Clock, **config: Any) -> Flask:
