@@ -1,0 +1,1 @@
+"""Benchmarks of flask_dill_session against its peers: ``python -m benchmarks.run``."""

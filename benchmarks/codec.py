@@ -1,0 +1,44 @@
+"""Section 1: the codec against C ``pickle`` (plain data) and raw ``dill`` (a lambda)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import dill
+
+from flask_dill_session import serializer
+
+from .harness import Samples, interleave, timed
+
+#: A small plain session, as the counter example keeps it.
+PLAIN: dict[str, Any] = {
+    "x": 41,
+    "started": datetime(2024, 5, 17, 9, 30, 12),
+    "user": "alice",
+    "cart": ["apple", "pear"],
+}
+
+#: A session holding a lambda, which only dill can keep.
+WITH_LAMBDA: dict[str, Any] = {"x": 41, "price": lambda item: len(item) * 1.2}
+
+
+def measure(*, rounds: int, batch: int | Mapping[str, int]) -> Samples:
+    return interleave(
+        {
+            "ours plain": timed(lambda: serializer.loads(serializer.dumps(PLAIN))),
+            "pickle plain": timed(
+                lambda: pickle.loads(pickle.dumps(PLAIN, pickle.HIGHEST_PROTOCOL))
+            ),
+            "ours lambda": timed(lambda: serializer.loads(serializer.dumps(WITH_LAMBDA))),
+            "dill lambda": timed(lambda: dill.loads(dill.dumps(WITH_LAMBDA))),
+            # what ours does for code: only the globals the code refers to (recurse=True)
+            "dill recurse lambda": timed(
+                lambda: dill.loads(dill.dumps(WITH_LAMBDA, pickle.HIGHEST_PROTOCOL, recurse=True))
+            ),
+        },
+        rounds=rounds,
+        batch=batch,
+    )

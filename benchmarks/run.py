@@ -1,0 +1,298 @@
+"""Run the benchmarks and print one table of ratios: ``python -m benchmarks.run [--quick]``.
+
+Every ratio is ours divided by the reference, measured in one interleaved run (A B A B
+..., the order rotating) as the median of per-round ratios; per-request numbers are the
+session's own cost (the request context alone is measured alongside and subtracted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from . import codec, perrequest, scale, throughput
+
+SECTIONS = ("codec", "requests", "untouched", "scale", "throughput")
+
+
+@dataclass
+class Row:
+    number: str
+    what: str
+    ours: str
+    reference: str
+    ratio: float | None
+    goal: str = ""
+    met: bool | None = None
+
+    def cells(self) -> list[str]:
+        ratio = "" if self.ratio is None else f"{self.ratio:.2f}x"
+        met = {True: "yes", False: "**no**", None: ""}[self.met]
+        return [self.number, self.what, self.ours, self.reference, ratio, self.goal, met]
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def _at_most(ratio: float, goal: float) -> tuple[str, bool | None]:
+    return f"≤ {goal:g}x", None if math.isnan(ratio) else ratio <= goal
+
+
+def _at_least(ratio: float, goal: float) -> tuple[str, bool | None]:
+    return f"≥ {goal:g}x", None if math.isnan(ratio) else ratio >= goal
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_codec(quick: bool) -> list[Row]:
+    log("1. codec")
+    rounds = 5 if quick else 21
+    batch = {"ours plain": 5000, "pickle plain": 5000}
+    batch |= {name: 200 for name in ("ours lambda", "dill lambda", "dill recurse lambda")}
+    samples = codec.measure(rounds=rounds, batch=batch)
+    plain = samples.ratio("ours plain", "pickle plain")
+    lam = samples.ratio("ours lambda", "dill lambda")
+    recurse = samples.ratio("ours lambda", "dill recurse lambda")
+    return [
+        Row(
+            "1",
+            "codec: dumps+loads of a small plain session",
+            _us(samples.median("ours plain")),
+            "C pickle " + _us(samples.median("pickle plain")),
+            plain,
+            *_at_most(plain, 1.3),
+        ),
+        Row(
+            "1",
+            "codec: dumps+loads of a session holding a lambda",
+            _us(samples.median("ours lambda")),
+            "raw dill, its defaults " + _us(samples.median("dill lambda")),
+            lam,
+        ),
+        Row(
+            "1",
+            "codec: the same, vs dill with the settings ours uses for code (recurse=True)",
+            _us(samples.median("ours lambda")),
+            "raw dill, recurse=True " + _us(samples.median("dill recurse lambda")),
+            recurse,
+        ),
+    ]
+
+
+def run_requests(apps: perrequest.Apps, quick: bool) -> list[Row]:
+    rows = []
+    rounds, batch = (5, 192) if quick else (21, 448)
+    many = f"{perrequest.SESSIONS} sessions in turn"
+    for number, label, work, sessions in (
+        ("2", f"request that changes the session (counter += 1), {many}", perrequest.increment, 0),
+        ("3", f"read-only request (session read, not changed), {many}", perrequest.read, 0),
+        (
+            "2",
+            "request that changes the session, one session back to back",
+            perrequest.increment,
+            1,
+        ),
+    ):
+        log(f"{number}. {label}")
+        samples = perrequest.measure_requests(
+            apps, work, rounds=rounds, batch=batch, sessions=sessions or perrequest.SESSIONS
+        )
+        ours = _us(samples.overhead("ours", "ours context"))
+        goals = sessions != 1  # the issue's goals are for many sessions
+        peers: list[tuple[str, str, float | None]] = [
+            ("cachelib", "Flask-Session + cachelib FileSystemCache", 0.25 if goals else None),
+            ("cookie", "Flask cookie session", 1.0 if goals and number == "2" else None),
+        ]
+        for peer, title, goal in peers:
+            ratio = samples.ratio(
+                "ours", peer, top_minus="ours context", bottom_minus=f"{peer} context"
+            )
+            reference = f"{title} {_us(samples.overhead(peer, f'{peer} context'))}"
+            row = Row(number, f"{label}; ours on the filesystem", ours, reference, ratio)
+            if goal is not None:
+                row.goal, row.met = _at_most(ratio, goal)
+            rows.append(row)
+    return rows
+
+
+def run_untouched(apps: perrequest.Apps, quick: bool) -> list[Row]:
+    log("4. request that never touches the session")
+    calls = perrequest.store_calls_untouched(apps)
+    rounds, batch = (5, 500) if quick else (21, 1000)
+    samples = perrequest.measure_untouched(apps, rounds=rounds, batch=batch)
+    ratio = samples.ratio("ours", "bare")
+    return [
+        Row(
+            "4",
+            "request that never touches the session (whole request, with a session cookie): "
+            f"store operations {calls}, overhead {_us(samples.overhead('ours', 'bare'))}",
+            _us(samples.median("ours")),
+            "bare app " + _us(samples.median("bare")),
+            ratio,
+            "0 store I/O",
+            calls == 0,
+        )
+    ]
+
+
+def run_scale(workdir: Path, quick: bool, million: bool) -> list[Row]:
+    sizes = {"1k": 1_000, "10k": 10_000} if quick else {"1k": 1_000, "100k": 100_000}
+    if million and not quick:
+        sizes["1M"] = 1_000_000
+    stores = {}
+    for name, count in sizes.items():
+        stores[name] = workdir / f"scale-{name}"
+        seconds = scale.populate(stores[name], count)
+        log(f"5. filled a store with {count} expired sessions in {seconds:.1f} s")
+    rounds, batch = (5, 256) if quick else (15, 512)
+    samples = scale.measure_requests(stores, rounds=rounds, batch=batch)
+    rows = []
+    small, *larger = sizes
+    for name in larger:
+        ratio = samples.ratio(
+            name, small, top_minus=f"{name} context", bottom_minus=f"{small} context"
+        )
+        row = Row(
+            "5",
+            f"request that changes the session, {name} stored sessions vs {small}",
+            _us(samples.overhead(name, f"{name} context")),
+            f"{small}: {_us(samples.overhead(small, f'{small} context'))}",
+            ratio,
+        )
+        if name == "1M":
+            row.goal, row.met = _at_most(ratio, 1.2)
+        rows.append(row)
+    biggest = list(sizes)[-1]
+    log(f"5. flask dill-session cleanup of {biggest} expired sessions")
+    result = scale.cleanup(stores[biggest])
+    for directory in stores.values():
+        shutil.rmtree(directory)
+    log(f"5. find -delete of {biggest} files, for reference")
+    reference = scale.delete_reference(workdir / "scale-reference", sizes[biggest])
+    shutil.rmtree(workdir / "scale-reference")
+    rows.append(
+        Row(
+            "5",
+            f"`flask dill-session cleanup` of {biggest} expired sessions ({result.remaining} live"
+            f" left): {result.reported}; peak RSS {result.peak_rss / 2**20:.0f} MiB, the same"
+            f" process idle {result.idle_rss / 2**20:.0f} MiB",
+            f"{result.seconds:.1f} s",
+            f"`find -delete` of as many files {reference:.1f} s",
+            result.seconds / reference,
+            "flat memory",
+            result.peak_rss - result.idle_rss < 16 * 2**20,
+        )
+    )
+    return rows
+
+
+def run_throughput(workdir: Path, quick: bool) -> list[Row]:
+    if throughput.wrk_binary() is None:
+        log("6. skipped: wrk is not installed (apt-get install wrk)")
+        return [Row("6", "throughput: skipped, wrk is not installed", "", "", None)]
+    with_redis = throughput.redis_available()
+    log(f"6. throughput under gunicorn{' (and Redis)' if with_redis else ''}")
+    rounds, seconds = (2, 2.0) if quick else (15, 2.0)
+    samples = throughput.measure(
+        workdir / "throughput", rounds=rounds, seconds=seconds, with_redis=with_redis
+    )
+    rows = []
+    for name in [name for name in samples.per_round if name != "cookie"]:
+        ratio = samples.ratio(name, "cookie")
+        row = Row(
+            "6",
+            f"throughput of the counter app, gunicorn 2 workers, wrk on loopback: {name}",
+            f"{samples.median(name):.0f} req/s",
+            f"cookie session {samples.median('cookie'):.0f} req/s",
+            ratio,
+        )
+        if name == "ours (filesystem)":
+            row.goal, row.met = _at_least(ratio, 0.85)
+        rows.append(row)
+    return rows
+
+
+def machine(workdir: Path) -> str:
+    memory = ""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 2**20:.0f} GiB"
+    filesystem, longest = "unknown", -1
+    with open("/proc/mounts") as mounts:  # the mount that holds workdir: the longest prefix
+        for line in mounts:
+            _, point, kind, *_ = line.split()
+            inside = os.path.commonpath([str(workdir.resolve()), point]) == point
+            if inside and len(point) > longest:
+                filesystem, longest = kind, len(point)
+    packages = ", ".join(
+        f"{name} {version(name)}" for name in ("flask", "flask-session", "cachelib", "dill")
+    )
+    return (
+        f"{os.cpu_count()} cores, {memory} memory, {filesystem} filesystem,"
+        f" Python {platform.python_version()} ({platform.system()} {platform.release()});"
+        f" {packages}"
+    )
+
+
+def table(rows: list[Row]) -> str:
+    header = ["#", "measurement", "ours", "reference", "ratio", "goal", "met"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller stores")
+    parser.add_argument(
+        "--no-million", action="store_true", help="skip the 1M-session store (about 4 GiB, minutes)"
+    )
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}"
+    )
+    parser.add_argument("--tmpdir", help="where to put the stores (default: the temp dir)")
+    args = parser.parse_args(argv)
+    sections = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {sorted(unknown)}")
+
+    started = time.perf_counter()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="fds-bench-", dir=args.tmpdir) as tmp:
+        workdir = Path(tmp)
+        apps = perrequest.make_apps(workdir)
+        steps: dict[str, Callable[[], list[Row]]] = {
+            "codec": lambda: run_codec(args.quick),
+            "requests": lambda: run_requests(apps, args.quick),
+            "untouched": lambda: run_untouched(apps, args.quick),
+            "scale": lambda: run_scale(workdir, args.quick, not args.no_million),
+            "throughput": lambda: run_throughput(workdir, args.quick),
+        }
+        for name in SECTIONS:
+            if name in sections:
+                rows += steps[name]()
+        description = machine(workdir)
+    print(table(rows))
+    print()
+    print(f"Machine: {description}.")
+    print(f"Took {time.perf_counter() - started:.0f} s ({'quick' if args.quick else 'full'} run).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
