@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from redis import Redis
 
 _DAY = 86400.0
-_MISSING = object()
 
 
 @dataclass(frozen=True)
