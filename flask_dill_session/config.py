@@ -98,10 +98,6 @@ def read_redis_client(config: Mapping[str, Any]) -> Redis:
         raise ConfigError(
             f"SESSION_REDIS must be a redis.Redis client, got {type(client).__name__}"
         )
-    if client.get_encoder().decode_responses:
-        raise ConfigError(
-            "SESSION_REDIS must be made with decode_responses=False: sessions are stored as bytes"
-        )
     return client
 
 

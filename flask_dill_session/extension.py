@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 import flask_session
-from flask import Flask
+from flask import Flask, current_app
 from flask.globals import request_ctx
 
 from .config import Settings, read_cachelib_cache, read_redis_client, read_settings
@@ -30,12 +30,15 @@ def _redis(app: Flask, settings: Settings) -> Store:
     client = read_redis_client(app.config)
     from .stores.redis import RedisStore  # here, so that redis stays an optional extra
 
-    store = RedisStore(
-        client,
-        lock_timeout=settings.lock_timeout,
-        lock_lease=settings.lock_lease,
-        quarantine_prefix=f"quarantine:{settings.key_prefix}",
-    )
+    try:
+        store = RedisStore(
+            client,
+            lock_timeout=settings.lock_timeout,
+            lock_lease=settings.lock_lease,
+            quarantine_prefix=f"quarantine:{settings.key_prefix}",
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"SESSION_REDIS: {exc}") from None
     if client.connection_pool.connection_kwargs.get("socket_timeout") is None:
         logger.warning(
             "SESSION_REDIS has no socket_timeout: requests will hang while Redis at %s does"
@@ -113,6 +116,6 @@ class Session:
 
 def _release_lock(exc: BaseException | None) -> None:
     """Teardown: release the lock even when ``save_session`` did not run."""
-    current = request_ctx.session
-    if isinstance(current, DillSession) and current.entry is not None:
-        current.entry.release()
+    interface, current = current_app.session_interface, request_ctx.session
+    if isinstance(interface, DillSessionInterface) and isinstance(current, DillSession):
+        interface.release(current)

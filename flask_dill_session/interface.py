@@ -168,9 +168,8 @@ class DillSessionInterface(SessionInterface):
             except BaseException:
                 entry.release()
                 raise
-            if restored and not session.saved:
-                return  # the entry (and its lock) is held until save_session
-            entry.release()
+            if not restored or session.saved:
+                entry.release()  # otherwise held, with its lock, until save_session
             if restored:
                 return
         self._start(session, created=self.clock())
