@@ -66,6 +66,9 @@ def run_codec(quick: bool) -> list[Row]:
     plain = samples.ratio("ours plain", "pickle plain")
     lam = samples.ratio("ours lambda", "dill lambda")
     recurse = samples.ratio("ours lambda", "dill recurse lambda")
+    sealed = codec.measure_envelope(rounds=rounds, batch=2000)
+    encrypted = sealed.ratio("encrypted small", "signed small")
+    small = len(codec.PAYLOADS["small"])
     return [
         Row(
             "1",
@@ -88,6 +91,14 @@ def run_codec(quick: bool) -> list[Row]:
             _us(samples.median("ours lambda")),
             "raw dill, recurse=True " + _us(samples.median("dill recurse lambda")),
             recurse,
+        ),
+        Row(
+            "1",
+            f"envelope: seal+open encrypted (AES-256-GCM) vs signed (HMAC-SHA256), of the"
+            f" small session ({small} bytes); then of 10 KiB",
+            f"{_us(sealed.median('encrypted small'))}; {_us(sealed.median('encrypted 10k'))}",
+            f"signed {_us(sealed.median('signed small'))}; {_us(sealed.median('signed 10k'))}",
+            encrypted,
         ),
     ]
 

@@ -43,6 +43,19 @@ class BadPayloadError(DillSessionError):
     """A stored blob failed authentication, is truncated, or cannot be loaded."""
 
 
+class ForeignPayloadError(DillSessionError):
+    """A stored blob this process cannot read, though it may be valid for another one.
+
+    It was sealed with a secret this process does not hold (*key_id*, hex, names that
+    secret), or it is encrypted and ``cryptography`` is not installed here, or its format is
+    newer than this release. Leave it in place and treat the session as absent here.
+    """
+
+    def __init__(self, message: str, key_id: str | None = None) -> None:
+        self.key_id = key_id
+        super().__init__(message)
+
+
 class SessionUnavailableError(DillSessionError, ServiceUnavailable):
     """The session cannot be used right now; answered as HTTP 503 with Retry-After."""
 

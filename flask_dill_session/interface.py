@@ -17,6 +17,7 @@ from . import serializer
 from .envelope import PERMANENT, Envelope
 from .exc import (
     BadPayloadError,
+    ForeignPayloadError,
     LockTimeoutError,
     SessionTooLargeError,
     SessionUnavailableError,
@@ -180,6 +181,9 @@ class DillSessionInterface(SessionInterface):
         try:
             opened = self.envelope.open(entry.key, entry.blob)
             data = serializer.loads(opened.payload)
+        except ForeignPayloadError as exc:  # readable elsewhere: leave it where it is
+            logger.warning("stored session %s not used here: %s", fingerprint(entry.key), exc)
+            return False
         except BadPayloadError as exc:
             logger.warning(
                 "stored session %s is unusable and was quarantined: %s",

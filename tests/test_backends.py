@@ -416,8 +416,11 @@ def test_a_forged_blob_is_never_loaded_and_is_quarantined(
     evil = b"p" + pickle.dumps({"a": Trap(marker)})
     if attack == "raw pickle":
         blob = evil
-    elif attack == "wrong key":
-        blob = Envelope("another-secret").seal(key, evil, flags=1, created=0.0, expires=None)
+    elif attack == "wrong key":  # under the real key's id (bytes 21-29), which any blob shows
+        genuine = backend.stored(app, key)
+        assert genuine is not None
+        guessed = Envelope("another-secret").seal(key, evil, flags=1, created=0.0, expires=None)
+        blob = guessed[:21] + genuine[21:29] + guessed[29:]
     else:
         other_sid = started(app.test_client(), "a", 666)
         stolen = backend.stored(app, PREFIX + other_sid)

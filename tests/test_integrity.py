@@ -27,8 +27,8 @@ from flask import Flask, session
 from flask.testing import FlaskClient
 
 from flask_dill_session import ConfigError, serializer
-from flask_dill_session.envelope import PERMANENT, Envelope
-from flask_dill_session.exc import SessionTooLargeError
+from flask_dill_session.envelope import PERMANENT, Envelope, derive_key
+from flask_dill_session.exc import ForeignPayloadError, SessionTooLargeError
 from flask_dill_session.session import DillSession
 from flask_dill_session.stores.filesystem import frame, last_record
 
@@ -162,9 +162,10 @@ def forged(attack: str, key: str, marker: Path, clock: Clock) -> bytes:
         return evil
     if attack == "untagged raw pickle":
         return pickle.dumps(Trap(marker))
-    if attack == "wrong key":
-        return seal(key, evil, clock, secret="a-guessed-secret")
     genuine = seal(key, evil, clock)  # what someone holding the real key could make
+    if attack == "wrong key":  # under the real key's id (bytes 21-29), which any blob shows
+        guessed = seal(key, evil, clock, secret="a-guessed-secret")
+        return guessed[:21] + genuine[21:29] + guessed[29:]
     if attack == "altered mac":
         return genuine[:-1] + bytes([genuine[-1] ^ 1])
     if attack == "cut":
@@ -206,7 +207,7 @@ def test_a_planted_pickle_never_runs(
     (message,) = warnings_of(caplog)
     assert "quarantined" in message
     assert re.search(r"\b[0-9a-f]{8,}\b", message)  # names the session by a hash
-    for secret_text in (sid, SECRET, str(marker), Envelope(SECRET)._keys[0].hex()):
+    for secret_text in (sid, SECRET, str(marker), derive_key(SECRET).hex()):
         assert secret_text not in message
 
     assert_fresh(victim, sid)
@@ -302,7 +303,7 @@ def test_rotation_loads_old_sessions_and_reseals_them_on_the_next_save(
     after = last_record(file_of(rotated, sid).read_bytes())[0]
     assert after is not None and after != before
     assert Envelope("new-secret").open(key, after).current_key
-    with pytest.raises(Exception, match="authentication failed"):
+    with pytest.raises(ForeignPayloadError):
         Envelope("old-secret").open(key, after)
 
     # Once the old key is dropped, the re-sealed session still loads ...
