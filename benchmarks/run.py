@@ -60,12 +60,15 @@ def log(message: str) -> None:
 def run_codec(quick: bool) -> list[Row]:
     log("1. codec")
     rounds = 5 if quick else 21
-    batch = {"ours plain": 5000, "pickle plain": 5000}
+    batch = {"ours plain": 5000, "ours plain writing": 5000, "pickle plain": 5000}
+    batch |= {"ours objects": 2000, "ours objects unchecked": 2000}
     batch |= {name: 200 for name in ("ours lambda", "dill lambda", "dill recurse lambda")}
     samples = codec.measure(rounds=rounds, batch=batch)
     plain = samples.ratio("ours plain", "pickle plain")
+    writing = samples.ratio("ours plain writing", "pickle plain")
     lam = samples.ratio("ours lambda", "dill lambda")
     recurse = samples.ratio("ours lambda", "dill recurse lambda")
+    checked = samples.ratio("ours objects", "ours objects unchecked")
     sealed = codec.measure_envelope(rounds=rounds, batch=2000)
     encrypted = sealed.ratio("encrypted small", "signed small")
     small = len(codec.PAYLOADS["small"])
@@ -80,7 +83,14 @@ def run_codec(quick: bool) -> list[Row]:
         ),
         Row(
             "1",
-            "codec: dumps+loads of a session holding a lambda",
+            "codec: the same with the write-time check (the scan that vouches for it)",
+            _us(samples.median("ours plain writing")),
+            "C pickle " + _us(samples.median("pickle plain")),
+            writing,
+        ),
+        Row(
+            "1",
+            "codec: dumps+check+loads of a session holding a lambda",
             _us(samples.median("ours lambda")),
             "raw dill, its defaults " + _us(samples.median("dill lambda")),
             lam,
@@ -91,6 +101,14 @@ def run_codec(quick: bool) -> list[Row]:
             _us(samples.median("ours lambda")),
             "raw dill, recurse=True " + _us(samples.median("dill recurse lambda")),
             recurse,
+        ),
+        Row(
+            "1",
+            "codec: a session holding app objects (dataclasses), with the write-time trial"
+            " load that refuses what would not load back",
+            _us(samples.median("ours objects")),
+            "without the trial load " + _us(samples.median("ours objects unchecked")),
+            checked,
         ),
         Row(
             "1",

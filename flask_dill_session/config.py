@@ -35,6 +35,9 @@ class Settings:
     quarantine_lifetime: float
     file_dir: str
     fsync: bool
+    version: str | None
+    renames: dict[str, str]
+    encrypt: bool
 
 
 def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
@@ -75,6 +78,9 @@ def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
         quarantine_lifetime=_seconds(config, "SESSION_DILL_QUARANTINE_LIFETIME", 7 * _DAY),
         file_dir=os.fspath(file_dir),
         fsync=_flag(config, "SESSION_DILL_FSYNC", False),
+        version=_version(config),
+        renames=_renames(config),
+        encrypt=_flag(config, "SESSION_DILL_ENCRYPT", False),
     )
 
 
@@ -112,6 +118,31 @@ def read_cachelib_cache(config: Mapping[str, Any]) -> BaseCache:
             f' SESSION_DILL_BACKEND is "cachelib", got {type(cache).__name__}'
         )
     return cache
+
+
+def _version(config: Mapping[str, Any]) -> str | None:
+    version = config.get("SESSION_DILL_VERSION")
+    if version is None:
+        return None
+    if not isinstance(version, str) or not version or len(version.encode()) > 255:
+        raise ConfigError(
+            f"SESSION_DILL_VERSION must be None or a non-empty str of at most 255 bytes,"
+            f" got {version!r}"
+        )
+    return version
+
+
+def _renames(config: Mapping[str, Any]) -> dict[str, str]:
+    renames = config.get("SESSION_DILL_RENAMES") or {}
+    if not isinstance(renames, Mapping) or not all(
+        isinstance(old, str) and isinstance(new, str) and old and new
+        for old, new in renames.items()
+    ):
+        raise ConfigError(
+            "SESSION_DILL_RENAMES must map old qualified names to new ones, e.g."
+            ' {"old.module.Cart": "shop.cart.Cart"}'
+        )
+    return dict(renames)
 
 
 def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:

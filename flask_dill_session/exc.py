@@ -47,8 +47,9 @@ class ForeignPayloadError(DillSessionError):
     """A stored blob this process cannot read, though it may be valid for another one.
 
     It was sealed with a secret this process does not hold (*key_id*, hex, names that
-    secret), or it is encrypted and ``cryptography`` is not installed here, or its format is
-    newer than this release. Leave it in place and treat the session as absent here.
+    secret), it is encrypted and ``cryptography`` is not installed here, its format is newer
+    than this release, or it holds dill code of another Python version. Leave it in place
+    and treat the session as absent here.
     """
 
     def __init__(self, message: str, key_id: str | None = None) -> None:

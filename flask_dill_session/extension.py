@@ -9,8 +9,8 @@ import flask_session
 from flask import Flask, current_app
 from flask.globals import request_ctx
 
+from .codec import Codec, Migrator
 from .config import Settings, read_cachelib_cache, read_redis_client, read_settings
-from .envelope import Envelope
 from .exc import ConfigError
 from .interface import DillSessionInterface
 from .session import DillSession
@@ -79,8 +79,18 @@ class Session:
 
     def __init__(self, app: Flask | None = None) -> None:
         self.app = app
+        self._migrator: Migrator | None = None
+        self._codecs: list[Codec] = []
         if app is not None:
             self.init_app(app)
+
+    def migrator(self, migrate: Migrator) -> Migrator:
+        """Decorator: ``migrate(data, stored_version) -> data`` upgrades a session stored
+        under another ``SESSION_DILL_VERSION`` when it is loaded."""
+        self._migrator = migrate
+        for codec in self._codecs:
+            codec.migrator = migrate
+        return migrate
 
     def init_app(self, app: Flask) -> None:
         """Install the session interface that ``app.config`` asks for."""
@@ -88,7 +98,10 @@ class Session:
         if session_type != "dill":
             flask_session.Session().init_app(app)
         else:
-            app.session_interface = self.create_interface(app)
+            interface = self.create_interface(app)
+            interface.codec.migrator = self._migrator
+            self._codecs.append(interface.codec)
+            app.session_interface = interface
             app.teardown_request(_release_lock)
         app.extensions["flask_dill_session"] = self
 
@@ -101,15 +114,26 @@ class Session:
             raise ConfigError(
                 f"SESSION_DILL_BACKEND must be one of {sorted(BACKENDS)}, got {settings.backend!r}"
             )
+        try:
+            codec = Codec(
+                settings.secret_key,
+                settings.secret_key_fallbacks,
+                encrypt=settings.encrypt,
+                version=settings.version,
+                renames=settings.renames,
+                app_modules=(app.import_name,),
+                max_size=settings.max_size,
+            )
+        except ImportError as exc:
+            raise ConfigError(f"SESSION_DILL_ENCRYPT: {exc}") from None
         return DillSessionInterface(
             factory(app, settings),
-            Envelope(settings.secret_key, settings.secret_key_fallbacks),
+            codec,
             key_prefix=settings.key_prefix,
             sid_length=settings.sid_length,
             permanent=settings.permanent,
             locking=settings.locking,
             absolute_lifetime=settings.absolute_lifetime,
-            max_size=settings.max_size,
             quarantine_lifetime=settings.quarantine_lifetime,
         )
 

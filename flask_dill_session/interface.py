@@ -13,13 +13,11 @@ from functools import partial
 from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 
-from . import serializer
-from .envelope import PERMANENT, Envelope
+from .codec import Codec, Meta
 from .exc import (
     BadPayloadError,
     ForeignPayloadError,
     LockTimeoutError,
-    SessionTooLargeError,
     SessionUnavailableError,
 )
 from .session import DillSession
@@ -45,28 +43,27 @@ class DillSessionInterface(SessionInterface):
     def __init__(
         self,
         store: Store,
-        envelope: Envelope,
+        codec: Codec,
         *,
         key_prefix: str = "session:",
         sid_length: int = 32,
         permanent: bool = True,
         locking: bool = True,
         absolute_lifetime: float | None = 7 * _DAY,
-        max_size: int | None = 1 << 20,
         quarantine_lifetime: float = 7 * _DAY,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.envelope = envelope
+        self.codec = codec
         self.key_prefix = key_prefix
         self.sid_length = sid_length
         self.permanent = permanent
         self.locking = locking and store.supports_locking
         self.absolute_lifetime = absolute_lifetime
-        self.max_size = max_size
         self.quarantine_lifetime = quarantine_lifetime
         self.clock = clock
         self._sid_chars = len(secrets.token_urlsafe(sid_length))
+        self._foreign_logged: set[str] = set()
 
     # -- hooks -----------------------------------------------------------------
 
@@ -179,38 +176,63 @@ class DillSessionInterface(SessionInterface):
         if entry.blob is None:
             return False
         try:
-            opened = self.envelope.open(entry.key, entry.blob)
-            data = serializer.loads(opened.payload)
-        except ForeignPayloadError as exc:  # readable elsewhere: leave it where it is
-            logger.warning("stored session %s not used here: %s", fingerprint(entry.key), exc)
+            opened = self.codec.open(entry.key, entry.blob)
+        except ForeignPayloadError as exc:
+            self._foreign(entry, exc)
+            session.foreign = True
             return False
         except BadPayloadError as exc:
+            self._quarantine(entry, exc)
+            return False
+        meta = opened.meta
+        if self._past_absolute(meta.created, meta.expires):
+            entry.delete()
+            return False
+        for note in opened.notes:
+            logger.warning("stored session %s: %s", fingerprint(entry.key), note)
+        if opened.dropped:
+            self._dropped(entry, opened.dropped)
+        dict.update(session, opened.data)
+        session.entry = entry
+        session.payload = opened.payload
+        session.created = meta.created
+        session.reseal = opened.reseal
+        session.new = False
+        session._permanent = meta.permanent
+        return True
+
+    def _foreign(self, entry: Entry, exc: ForeignPayloadError) -> None:
+        """A blob another process may read: leave it; log once per key or Python."""
+        source = getattr(exc, "key_id", None) or str(exc)
+        if source not in self._foreign_logged:
+            self._foreign_logged.add(source)
             logger.warning(
-                "stored session %s is unusable and was quarantined: %s",
+                "stored session %s left in place and not used here: %s (logged once)",
                 fingerprint(entry.key),
                 exc,
             )
-            try:
-                entry.quarantine(self.quarantine_lifetime)
-            except OSError as error:
-                logger.error(
-                    "stored session %s could not be quarantined, deleting it: %s",
-                    fingerprint(entry.key),
-                    error,
-                )
-                entry.delete()
-            return False
-        if self._past_absolute(opened.created, opened.expires):
+
+    def _quarantine(self, entry: Entry, exc: BadPayloadError) -> None:
+        logger.warning(
+            "stored session %s is unusable and was quarantined: %s", fingerprint(entry.key), exc
+        )
+        try:
+            entry.quarantine(self.quarantine_lifetime)
+        except OSError as error:
+            logger.error(
+                "stored session %s could not be quarantined, deleting it: %s",
+                fingerprint(entry.key),
+                error,
+            )
             entry.delete()
-            return False
-        dict.update(session, data)
-        session.entry = entry
-        session.payload = opened.payload
-        session.created = opened.created
-        session.reseal = not opened.current_key
-        session.new = False
-        session._permanent = bool(opened.flags & PERMANENT)
-        return True
+
+    def _dropped(self, entry: Entry, dropped: dict[str, str]) -> None:
+        """Some keys could not be kept: one warning each; the original stays in quarantine."""
+        for key, why in dropped.items():
+            logger.warning(
+                "stored session %s: key %r dropped: %s", fingerprint(entry.key), key, why
+            )
+        entry.copy_to_quarantine(self.quarantine_lifetime)
 
     def _start(self, session: DillSession, *, created: float) -> None:
         session.sid = self.generate_sid()
@@ -232,19 +254,16 @@ class DillSessionInterface(SessionInterface):
         if not session:
             if not session.new:
                 entry.delete()
-            if session.cookie_sid is not None:
+            if session.cookie_sid is not None and not session.foreign:
                 self._delete_cookie(app, response)
             return
-        payload = self.dump(session)
+        data = dict.copy(session)
+        payload = self.codec.dumps(data)
         ttl = self.idle_lifetime(app)
         if self._changed(session, payload):
-            blob = self.envelope.seal(
-                entry.key,
-                payload,
-                flags=PERMANENT if session.permanent else 0,
-                created=session.created,
-                expires=self._absolute_deadline(session.created),
-            )
+            deadline = self._absolute_deadline(session.created)
+            meta = Meta(session.permanent, session.created, deadline)
+            blob = self.codec.seal(entry.key, data, payload, meta)
             if not entry.write(blob, ttl):
                 return  # deleted meanwhile (logout elsewhere): do not resurrect
             session.written = True
@@ -253,25 +272,14 @@ class DillSessionInterface(SessionInterface):
         if self.should_set_cookie(app, session):
             self._set_cookie(app, session, response)
 
-    @staticmethod
-    def _changed(session: DillSession, payload: bytes) -> bool:
+    def _changed(self, session: DillSession, payload: bytes) -> bool:
         """Whether *payload* must be written: new, assigned to, or different data."""
-        if session.new or session.modified or session.reseal or session.payload is None:
-            return True
-        if payload == session.payload:
-            return False
-        # Equal data can serialize differently in another process (a set of strings is
-        # ordered by per-process hashes): compare with what this process makes of it.
-        return payload != serializer.dumps(serializer.loads(session.payload))
-
-    def dump(self, session: DillSession) -> bytes:
-        """Serialize the session's data, enforcing ``max_size``."""
-        data = dict.copy(session)
-        payload = serializer.dumps(data)
-        if self.max_size is not None and len(payload) > self.max_size:
-            largest = serializer.sizes_by_key(data)[:3]
-            raise SessionTooLargeError(len(payload), self.max_size, largest)
-        return payload
+        return (
+            session.new
+            or session.modified
+            or session.reseal
+            or self.codec.changed(payload, session.payload)
+        )
 
     def _absolute_deadline(self, created: float) -> float | None:
         if self.absolute_lifetime is None:

@@ -32,6 +32,7 @@ class DillSession(dict[str, Any], SessionMixin):
         self.entry: Entry | None = None  # the store entry this request holds
         self.payload: bytes | None = None  # serialized data as loaded, for change detection
         self.reseal = False  # stored under a fallback key: rewrite with the current one
+        self.foreign = False  # the cookie's session is readable elsewhere only: keep the cookie
         self.saved = False  # save_session has run: a later use is read-only, unlocked
         self.written = False  # this response wrote the session to the store
         self._permanent = permanent

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from flask import Flask
 
 from flask_dill_session import DillSessionInterface
+from flask_dill_session.stores.base import Entry
 from flask_dill_session.stores.filesystem import FileSystemStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +49,40 @@ def filesystem_store(app: Flask) -> FileSystemStore:
     result = interface(app).store
     assert isinstance(result, FileSystemStore)
     return result
+
+
+class CountingEntry(Entry):
+    """Passes every call on to the real entry and counts it in *ops*."""
+
+    def __init__(self, inner: Entry, ops: Counter[str]) -> None:
+        self.inner = inner
+        self.ops = ops
+        self.key = inner.key
+        self.blob = inner.blob
+
+    def write(self, blob: bytes, ttl: float) -> bool:
+        self.ops["write"] += 1
+        return self.inner.write(blob, ttl)
+
+    def touch(self, ttl: float) -> None:
+        self.ops["touch"] += 1
+        self.inner.touch(ttl)
+
+    def delete(self) -> None:
+        self.ops["delete"] += 1
+        self.inner.delete()
+
+    def quarantine(self, ttl: float) -> None:
+        self.ops["quarantine"] += 1
+        self.inner.quarantine(ttl)
+
+    def copy_to_quarantine(self, ttl: float) -> None:
+        self.ops["copy_to_quarantine"] += 1
+        self.inner.copy_to_quarantine(ttl)
+
+    def release(self) -> None:
+        self.ops["release"] += 1
+        self.inner.release()
 
 
 def free_port() -> int:
@@ -148,6 +186,25 @@ class Client:
 
     def cookie(self, name: str = "session") -> str | None:
         return next((c.value for c in self.jar if c.name == name), None)
+
+
+def run_deploy_app(tmp_path: Path, shop: str, *args: str, **env: str) -> tuple[str, list[str]]:
+    """Run ``tests.apps.deploy_app`` with *shop* as its ``shop.py``: its output, and the
+    lines it logged on the ``flask_dill_session`` logger."""
+    shop_dir = tmp_path / f"shop-{hashlib.sha256(shop.encode()).hexdigest()[:12]}"
+    shop_dir.mkdir(exist_ok=True)
+    (shop_dir / "shop.py").write_text(textwrap.dedent(shop))
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.apps.deploy_app", *args],
+        cwd=ROOT,
+        env={**os.environ, "SHOP_DIR": str(shop_dir), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    return result.stdout.strip(), [line for line in lines if line.startswith("flask_dill_session")]
 
 
 def redis_binary() -> str | None:

@@ -150,7 +150,7 @@ def test_a_blob_sealed_with_plain_hmac_sha256_opens(app: Flask) -> None:
     the keyed hash states were reused still open, and a changed byte still fails."""
     sid = start(app, "sealed")
     key = interface(app).store_key(sid)
-    envelope = interface(app).envelope
+    envelope = interface(app).codec.envelope
     blob = last_record(path_of(app, sid).read_bytes())[0]
     assert blob is not None
     size = 30 + blob[29]  # the v2 header ends with the version's size and the version

@@ -31,7 +31,7 @@ from flask_dill_session.stores.base import Entry
 from flask_dill_session.stores.filesystem import FileSystemStore
 
 from .apps.counter_app import COOKIE, create_app
-from .support import ROOT, gunicorn
+from .support import ROOT, CountingEntry, gunicorn
 
 SECRET = "concurrency-secret"
 
@@ -323,36 +323,6 @@ def test_an_in_place_change_of_a_nested_object_is_saved(config: dict[str, Any]) 
 
 
 # -- lazy load: no store I/O for requests that do not use the session ------------------
-
-
-class CountingEntry(Entry):
-    """Passes every call on to the real entry and counts it."""
-
-    def __init__(self, inner: Entry, ops: Counter[str]) -> None:
-        self.inner = inner
-        self.ops = ops
-        self.key = inner.key
-        self.blob = inner.blob
-
-    def write(self, blob: bytes, ttl: float) -> bool:
-        self.ops["write"] += 1
-        return self.inner.write(blob, ttl)
-
-    def touch(self, ttl: float) -> None:
-        self.ops["touch"] += 1
-        self.inner.touch(ttl)
-
-    def delete(self) -> None:
-        self.ops["delete"] += 1
-        self.inner.delete()
-
-    def quarantine(self, ttl: float) -> None:
-        self.ops["quarantine"] += 1
-        self.inner.quarantine(ttl)
-
-    def release(self) -> None:
-        self.ops["release"] += 1
-        self.inner.release()
 
 
 class CountingStore(FileSystemStore):

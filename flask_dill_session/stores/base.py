@@ -48,6 +48,10 @@ class Entry(ABC):
         """Move the stored blob aside, kept *ttl* seconds for inspection."""
 
     @abstractmethod
+    def copy_to_quarantine(self, ttl: float) -> None:
+        """Keep a copy of the blob as read, for *ttl* seconds, and leave the session."""
+
+    @abstractmethod
     def release(self) -> None:
         """Release the lock, if held. Safe to call more than once."""
 

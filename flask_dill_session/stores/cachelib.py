@@ -125,5 +125,12 @@ class _CacheEntry(Entry):
                 self._cache.set(target, self.blob, timeout=_seconds(ttl))
                 self._cache.delete(self.key)
 
+    def copy_to_quarantine(self, ttl: float) -> None:
+        if self.blob is None:
+            return
+        target = self.store.quarantine_prefix + quarantine_name(self.key, self.blob)
+        with self.store.errors("keeping a copy of a session"):
+            self._cache.set(target, self.blob, timeout=_seconds(ttl))
+
     def release(self) -> None:
         """Nothing to release: this store takes no locks."""

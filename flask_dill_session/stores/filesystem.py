@@ -254,15 +254,30 @@ class _FileEntry(Entry):
     def quarantine(self, ttl: float) -> None:
         if self._fd is None:
             return
-        now = self.store.clock()
-        os.makedirs(self.store.quarantine_dir, mode=0o700, exist_ok=True)
-        name = f"{fingerprint(self.key)}.{int(now)}.{secrets.token_hex(4)}"  # as logged
-        target = os.path.join(self.store.quarantine_dir, name)
+        target, until = self._quarantine_target(ttl)
         try:
             os.rename(self.path, target)
         except FileNotFoundError:
             return
-        os.utime(target, (now + ttl, now + ttl))
+        os.utime(target, (until, until))
+
+    def copy_to_quarantine(self, ttl: float) -> None:
+        if self.blob is None:
+            return
+        target, until = self._quarantine_target(ttl)
+        fd = os.open(target, _CREATE, 0o600)
+        try:
+            _write_all(fd, frame(self.blob, until))
+            os.utime(fd, (until, until))
+        finally:
+            os.close(fd)
+
+    def _quarantine_target(self, ttl: float) -> tuple[str, float]:
+        """A new quarantine path for this session (named by its fingerprint, as logged)."""
+        now = self.store.clock()
+        os.makedirs(self.store.quarantine_dir, mode=0o700, exist_ok=True)
+        name = f"{fingerprint(self.key)}.{int(now)}.{secrets.token_hex(4)}"
+        return os.path.join(self.store.quarantine_dir, name), now + ttl
 
     def release(self) -> None:
         if self._fd is not None:

@@ -341,6 +341,13 @@ class _RedisEntry(Entry):
             )
         self._released()
 
+    def copy_to_quarantine(self, ttl: float) -> None:
+        if self.blob is None:
+            return
+        target = self.store.quarantine_prefix + quarantine_name(self.key, self.blob)
+        with self.store.errors("keeping a copy of a session"):
+            self.store.client.set(target, self.blob, px=_ms(ttl))
+
     def release(self) -> None:
         """Release the lock if still held; never raises (the lease frees it anyway)."""
         lock, self._lock = self._lock, None
