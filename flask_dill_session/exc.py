@@ -55,4 +55,16 @@ class LockTimeoutError(SessionUnavailableError):
 
 
 class StoreUnavailableError(SessionUnavailableError):
-    """The session store could not be reached or answered with an error."""
+    """The session store could not be reached or answered with an error.
+
+    The message names the cause and where (a path, a Redis address): it is meant for the
+    log, not for the client. ``cause`` (``"No space left on device"``) and ``where`` carry
+    the two parts separately.
+    """
+
+    def __init__(
+        self, message: str, retry_after: int = 1, *, cause: str = "", where: str = ""
+    ) -> None:
+        super().__init__(message, retry_after)
+        self.cause = cause
+        self.where = where
