@@ -1,174 +1,177 @@
-"""Reading and checking the ``SESSION_*`` configuration; every error names its key."""
+"""The ``SESSION_*`` configuration: one table of keys, their defaults and checks.
+
+:class:`Settings`' field defaults are the package's defaults (stores and the interface
+take theirs from :data:`DEFAULTS`); :data:`KEYS` maps each config key to its field and
+its check. Every error is a :class:`ConfigError` that names the key. Knows no Flask.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .exc import ConfigError
 
-if TYPE_CHECKING:
-    from cachelib.base import BaseCache
-    from redis import Redis
-
-_DAY = 86400.0
+DAY = 86400.0
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The configuration of one application's dill sessions, checked."""
+    """The checked configuration of one app's dill sessions; the defaults are the table."""
 
-    backend: str
-    secret_key: str | bytes
-    secret_key_fallbacks: tuple[str | bytes, ...]
-    key_prefix: str
-    sid_length: int
-    permanent: bool
-    locking: bool
-    lock_timeout: float
-    lock_lease: float
-    absolute_lifetime: float | None
-    max_size: int | None
-    quarantine_lifetime: float
-    file_dir: str
-    fsync: bool
-    version: str | None
-    renames: dict[str, str]
-    encrypt: bool
+    secret_key: str | bytes = field(default="", repr=False)
+    secret_key_fallbacks: tuple[str | bytes, ...] = field(default=(), repr=False)
+    backend: str = "filesystem"
+    key_prefix: str = "session:"
+    sid_length: int = 32
+    permanent: bool = True
+    locking: bool = True
+    lock_timeout: float = 10.0
+    lock_lease: float = 60.0
+    absolute_lifetime: float | None = 7 * DAY
+    max_size: int | None = 1 << 20
+    quarantine_lifetime: float = 7 * DAY
+    poison_after: int | None = 3
+    file_dir: str = ""  # empty: <instance_path>/flask_dill_session
+    fsync: bool = False
+    version: str | None = None
+    renames: Mapping[str, str] = field(default_factory=dict)
+    encrypt: bool = False
 
 
-def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
-    """Build :class:`Settings` from a Flask config, raising :class:`ConfigError`."""
-    secret = config.get("SECRET_KEY")
-    if not secret or not isinstance(secret, (str, bytes)):
-        raise ConfigError("SECRET_KEY must be set: stored sessions are authenticated with it")
-    fallbacks = config.get("SECRET_KEY_FALLBACKS") or ()
+DEFAULTS = Settings()
+
+Check = Callable[[str, Any], Any]
+
+
+def _secret(key: str, value: Any) -> str | bytes:
+    if not value or not isinstance(value, (str, bytes)):
+        raise ConfigError(f"{key} must be set: stored sessions are authenticated with it")
+    return value
+
+
+def _fallbacks(key: str, value: Any) -> tuple[str | bytes, ...]:
     # A lone string would be iterated into one-character keys that anyone can guess.
-    if not isinstance(fallbacks, (list, tuple)) or not all(
-        isinstance(key, (str, bytes)) and key for key in fallbacks
+    value = value or ()
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(each, (str, bytes)) and each for each in value
     ):
-        raise ConfigError("SECRET_KEY_FALLBACKS must be a list of non-empty str or bytes")
-    sid_length = _integer(config, "SESSION_ID_LENGTH", 32)
-    if sid_length < 16:
-        raise ConfigError(f"SESSION_ID_LENGTH must be at least 16 bytes, got {sid_length}")
-    prefix = config.get("SESSION_KEY_PREFIX", "session:")
-    if not isinstance(prefix, str):
-        raise ConfigError(f"SESSION_KEY_PREFIX must be a str, got {type(prefix).__name__}")
-    backend = config.get("SESSION_DILL_BACKEND", "filesystem")
-    if not isinstance(backend, str):
-        raise ConfigError(f"SESSION_DILL_BACKEND must be a str, got {type(backend).__name__}")
-    file_dir = config.get("SESSION_FILE_DIR") or os.path.join(instance_path, "flask_dill_session")
-    if not isinstance(file_dir, (str, os.PathLike)):
-        raise ConfigError(f"SESSION_FILE_DIR must be a path, got {type(file_dir).__name__}")
-    return Settings(
-        backend=backend.lower(),
-        secret_key=secret,
-        secret_key_fallbacks=tuple(fallbacks),
-        key_prefix=prefix,
-        sid_length=sid_length,
-        permanent=_flag(config, "SESSION_PERMANENT", True),
-        locking=_flag(config, "SESSION_DILL_LOCKING", True),
-        lock_timeout=_seconds(config, "SESSION_DILL_LOCK_TIMEOUT", 10.0),
-        lock_lease=_seconds(config, "SESSION_DILL_LOCK_LEASE", 60.0),
-        absolute_lifetime=_seconds(config, "SESSION_DILL_ABSOLUTE_LIFETIME", 7 * _DAY, none=True),
-        max_size=_integer(config, "SESSION_DILL_MAX_SIZE", 1 << 20, none=True),
-        quarantine_lifetime=_seconds(config, "SESSION_DILL_QUARANTINE_LIFETIME", 7 * _DAY),
-        file_dir=os.fspath(file_dir),
-        fsync=_flag(config, "SESSION_DILL_FSYNC", False),
-        version=_version(config),
-        renames=_renames(config),
-        encrypt=_flag(config, "SESSION_DILL_ENCRYPT", False),
-    )
+        raise ConfigError(f"{key} must be a list of non-empty str or bytes")
+    return tuple(value)
 
 
-def read_redis_client(config: Mapping[str, Any]) -> Redis:
-    """``SESSION_REDIS``: a :class:`redis.Redis` client; never a default connection."""
-    client = config.get("SESSION_REDIS")
-    if client is None:
-        raise ConfigError(
-            "SESSION_REDIS must be set to a redis.Redis client when SESSION_DILL_BACKEND is"
-            ' "redis" (no default host is assumed), e.g. redis.Redis.from_url(url,'
-            " socket_timeout=2, socket_connect_timeout=2)"
-        )
-    try:
-        import redis
-    except ImportError:
-        raise ConfigError(
-            'SESSION_DILL_BACKEND = "redis" needs the redis package:'
-            " pip install flask-dill-session[redis]"
-        ) from None
-    if not isinstance(client, redis.Redis):
-        raise ConfigError(
-            f"SESSION_REDIS must be a redis.Redis client, got {type(client).__name__}"
-        )
-    return client
+def _name(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a str, got {type(value).__name__}")
+    return value.lower()
 
 
-def read_cachelib_cache(config: Mapping[str, Any]) -> BaseCache:
-    """``SESSION_CACHELIB``: any :class:`cachelib.base.BaseCache`."""
-    from cachelib.base import BaseCache
-
-    cache = config.get("SESSION_CACHELIB")
-    if not isinstance(cache, BaseCache):
-        raise ConfigError(
-            "SESSION_CACHELIB must be a cachelib cache (a cachelib.base.BaseCache) when"
-            f' SESSION_DILL_BACKEND is "cachelib", got {type(cache).__name__}'
-        )
-    return cache
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a str, got {type(value).__name__}")
+    return value
 
 
-def _version(config: Mapping[str, Any]) -> str | None:
-    version = config.get("SESSION_DILL_VERSION")
-    if version is None:
-        return None
-    if not isinstance(version, str) or not version or len(version.encode()) > 255:
-        raise ConfigError(
-            f"SESSION_DILL_VERSION must be None or a non-empty str of at most 255 bytes,"
-            f" got {version!r}"
-        )
-    return version
-
-
-def _renames(config: Mapping[str, Any]) -> dict[str, str]:
-    renames = config.get("SESSION_DILL_RENAMES") or {}
-    if not isinstance(renames, Mapping) or not all(
-        isinstance(old, str) and isinstance(new, str) and old and new
-        for old, new in renames.items()
-    ):
-        raise ConfigError(
-            "SESSION_DILL_RENAMES must map old qualified names to new ones, e.g."
-            ' {"old.module.Cart": "shop.cart.Cart"}'
-        )
-    return dict(renames)
-
-
-def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = config.get(key, default)
+def _flag(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key} must be True or False, got {value!r}")
     return value
 
 
-def _integer(config: Mapping[str, Any], key: str, default: int, none: bool = False) -> Any:
-    value = config.get(key, default)
-    if value is None and none:
-        return None
+def _count(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        allowed = "a positive int" + (" or None" if none else "")
-        raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+        raise ConfigError(f"{key} must be a positive int, got {value!r}")
     return value
 
 
-def _seconds(config: Mapping[str, Any], key: str, default: float, none: bool = False) -> Any:
-    value = config.get(key, default)
-    if value is None and none:
-        return None
+def _sid_length(key: str, value: Any) -> int:
+    if _count(key, value) < 16:
+        raise ConfigError(f"{key} must be at least 16 bytes, got {value}")
+    return int(value)
+
+
+def _seconds(key: str, value: Any) -> float:
     if isinstance(value, timedelta):
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        allowed = "a positive number of seconds or a timedelta" + (", or None" if none else "")
-        raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+        raise ConfigError(
+            f"{key} must be a positive number of seconds or a timedelta, got {value!r}"
+        )
     return float(value)
+
+
+def _or_none(check: Check) -> Check:
+    def checked(key: str, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return check(key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; or None to disable") from None
+
+    return checked
+
+
+def _path(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{key} must be a path, got {type(value).__name__}")
+    return os.fspath(value)
+
+
+def _version(key: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value or len(value.encode()) > 255):
+        raise ConfigError(
+            f"{key} must be None or a non-empty str of at most 255 bytes, got {value!r}"
+        )
+    return value
+
+
+def _renames(key: str, value: Any) -> dict[str, str]:
+    value = value or {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(old, str) and isinstance(new, str) and old and new for old, new in value.items()
+    ):
+        raise ConfigError(
+            f"{key} must map old qualified names to new ones,"
+            ' e.g. {"shop.Cart": "shop.cart.Cart"}'
+        )
+    return dict(value)
+
+
+#: Config key -> (:class:`Settings` field, check). A key not in the config keeps the default.
+KEYS: dict[str, tuple[str, Check]] = {
+    "SECRET_KEY": ("secret_key", _secret),
+    "SECRET_KEY_FALLBACKS": ("secret_key_fallbacks", _fallbacks),
+    "SESSION_DILL_BACKEND": ("backend", _name),
+    "SESSION_KEY_PREFIX": ("key_prefix", _text),
+    "SESSION_ID_LENGTH": ("sid_length", _sid_length),
+    "SESSION_PERMANENT": ("permanent", _flag),
+    "SESSION_DILL_LOCKING": ("locking", _flag),
+    "SESSION_DILL_LOCK_TIMEOUT": ("lock_timeout", _seconds),
+    "SESSION_DILL_LOCK_LEASE": ("lock_lease", _seconds),
+    "SESSION_DILL_ABSOLUTE_LIFETIME": ("absolute_lifetime", _or_none(_seconds)),
+    "SESSION_DILL_MAX_SIZE": ("max_size", _or_none(_count)),
+    "SESSION_DILL_QUARANTINE_LIFETIME": ("quarantine_lifetime", _seconds),
+    "SESSION_DILL_POISON_AFTER": ("poison_after", _or_none(_count)),
+    "SESSION_FILE_DIR": ("file_dir", _path),
+    "SESSION_DILL_FSYNC": ("fsync", _flag),
+    "SESSION_DILL_VERSION": ("version", _version),
+    "SESSION_DILL_RENAMES": ("renames", _renames),
+    "SESSION_DILL_ENCRYPT": ("encrypt", _flag),
+}
+
+
+def read_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
+    """Check every key of :data:`KEYS` that *config* sets, raising :class:`ConfigError`."""
+    values = {name: check(key, config[key]) for key, (name, check) in KEYS.items() if key in config}
+    settings = Settings(**values)
+    if not settings.secret_key:
+        _secret("SECRET_KEY", None)
+    if not settings.file_dir:
+        settings = replace(settings, file_dir=os.path.join(instance_path, "flask_dill_session"))
+    return settings

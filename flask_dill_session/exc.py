@@ -1,8 +1,7 @@
-"""All errors raised by flask_dill_session, under one base class."""
+"""All errors raised by flask_dill_session, under one base class. Plain Python: the
+interface decides what each becomes in HTTP."""
 
 from __future__ import annotations
-
-from werkzeug.exceptions import ServiceUnavailable
 
 
 class DillSessionError(Exception):
@@ -57,11 +56,23 @@ class ForeignPayloadError(DillSessionError):
         super().__init__(message)
 
 
-class SessionUnavailableError(DillSessionError, ServiceUnavailable):
-    """The session cannot be used right now; answered as HTTP 503 with Retry-After."""
+class SessionUnavailableError(DillSessionError):
+    """The session cannot be used right now: answered as HTTP 503 with ``Retry-After``.
 
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        ServiceUnavailable.__init__(self, message, retry_after=retry_after)
+    The message names the cause and where (a path, a Redis address): it is meant for the
+    log, never for the client. ``cause`` (``"No space left on device"``) and ``where``
+    carry the two parts; ``fingerprint`` names the session once the interface knows it.
+    """
+
+    def __init__(
+        self, message: str, retry_after: int = 1, *, cause: str = "", where: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.cause = cause or message
+        self.where = where
+        self.fingerprint = ""
+        self.reported = False  # logged already: each failure is logged once
 
 
 class LockTimeoutError(SessionUnavailableError):
@@ -69,4 +80,5 @@ class LockTimeoutError(SessionUnavailableError):
 
 
 class StoreUnavailableError(SessionUnavailableError):
-    """The session store could not be reached or answered with an error."""
+    """The session store could not be reached, or failed (disk full, read-only, Redis down,
+    a lock lease that ran out): nothing was written."""

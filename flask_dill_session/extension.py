@@ -2,71 +2,25 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
+import pkgutil
+from typing import Any
 
 import flask_session
-from flask import Flask, current_app
+from flask import Flask, current_app, got_request_exception
 from flask.globals import request_ctx
 
 from .codec import Codec, Migrator
-from .config import Settings, read_cachelib_cache, read_redis_client, read_settings
-from .exc import ConfigError
+from .config import read_settings
+from .exc import ConfigError, SessionUnavailableError
 from .interface import DillSessionInterface
 from .session import DillSession
 from .stores.base import Store
-from .stores.filesystem import FileSystemStore
 
-logger = logging.getLogger("flask_dill_session")
-
-
-def _filesystem(app: Flask, settings: Settings) -> Store:
-    return FileSystemStore(
-        settings.file_dir, lock_timeout=settings.lock_timeout, fsync=settings.fsync
-    )
-
-
-def _redis(app: Flask, settings: Settings) -> Store:
-    client = read_redis_client(app.config)
-    from .stores.redis import RedisStore  # here, so that redis stays an optional extra
-
-    try:
-        store = RedisStore(
-            client,
-            lock_timeout=settings.lock_timeout,
-            lock_lease=settings.lock_lease,
-            quarantine_prefix=f"quarantine:{settings.key_prefix}",
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"SESSION_REDIS: {exc}") from None
-    if client.connection_pool.connection_kwargs.get("socket_timeout") is None:
-        logger.warning(
-            "SESSION_REDIS has no socket_timeout: requests will hang while Redis at %s does"
-            " not answer; give the client socket_timeout and socket_connect_timeout",
-            store.address,
-        )
-    return store
-
-
-def _cachelib(app: Flask, settings: Settings) -> Store:
-    from .stores.cachelib import CacheLibStore
-
-    cache = read_cachelib_cache(app.config)
-    if settings.locking:
-        logger.warning(
-            "SESSION_DILL_LOCKING is on, but the cachelib backend (%s) has no locks:"
-            " concurrent requests of one session may lose updates; use the filesystem or"
-            " redis backend for locking, or set SESSION_DILL_LOCKING = False",
-            type(cache).__name__,
-        )
-    return CacheLibStore(cache, quarantine_prefix=f"quarantine:{settings.key_prefix}")
-
-
-#: ``SESSION_DILL_BACKEND`` name -> factory of the store.
-BACKENDS: dict[str, Callable[[Flask, Settings], Store]] = {
-    "filesystem": _filesystem,
-    "redis": _redis,
-    "cachelib": _cachelib,
+#: ``SESSION_DILL_BACKEND`` -> its store class, imported when chosen (redis is an extra).
+BACKENDS: dict[str, str] = {
+    "filesystem": "flask_dill_session.stores.filesystem:FileSystemStore",
+    "redis": "flask_dill_session.stores.redis:RedisStore",
+    "cachelib": "flask_dill_session.stores.cachelib:CacheLibStore",
 }
 
 
@@ -102,18 +56,15 @@ class Session:
             interface.codec.migrator = self._migrator
             self._codecs.append(interface.codec)
             app.session_interface = interface
+            app.register_error_handler(SessionUnavailableError, interface.handle_unavailable)
             app.teardown_request(_release_lock)
+            got_request_exception.connect(_mark_failed, app)
         app.extensions["flask_dill_session"] = self
 
     @staticmethod
     def create_interface(app: Flask) -> DillSessionInterface:
         """Build the :class:`DillSessionInterface` described by ``app.config``."""
         settings = read_settings(app.config, app.instance_path)
-        factory = BACKENDS.get(settings.backend)
-        if factory is None:
-            raise ConfigError(
-                f"SESSION_DILL_BACKEND must be one of {sorted(BACKENDS)}, got {settings.backend!r}"
-            )
         try:
             codec = Codec(
                 settings.secret_key,
@@ -126,16 +77,23 @@ class Session:
             )
         except ImportError as exc:
             raise ConfigError(f"SESSION_DILL_ENCRYPT: {exc}") from None
-        return DillSessionInterface(
-            factory(app, settings),
-            codec,
-            key_prefix=settings.key_prefix,
-            sid_length=settings.sid_length,
-            permanent=settings.permanent,
-            locking=settings.locking,
-            absolute_lifetime=settings.absolute_lifetime,
-            quarantine_lifetime=settings.quarantine_lifetime,
-        )
+        store = _backend(settings.backend).from_config(settings, app.config)
+        return DillSessionInterface(store, codec, settings)
+
+
+def _backend(name: str) -> type[Store]:
+    """The store class of ``SESSION_DILL_BACKEND`` *name*, imported now."""
+    where = BACKENDS.get(name)
+    if where is None:
+        raise ConfigError(f"SESSION_DILL_BACKEND must be one of {sorted(BACKENDS)}, got {name!r}")
+    try:
+        store: type[Store] = pkgutil.resolve_name(where)
+    except ImportError as exc:
+        raise ConfigError(
+            f'SESSION_DILL_BACKEND = "{name}" needs the {exc.name} package:'
+            f" pip install flask-dill-session[{name}]"
+        ) from None
+    return store
 
 
 def _release_lock(exc: BaseException | None) -> None:
@@ -143,3 +101,10 @@ def _release_lock(exc: BaseException | None) -> None:
     interface, current = current_app.session_interface, request_ctx.session
     if isinstance(interface, DillSessionInterface) and isinstance(current, DillSession):
         interface.release(current)
+
+
+def _mark_failed(sender: Flask, exception: BaseException, **extra: Any) -> None:
+    """The request ended in an unhandled exception: its session is not saved, but counted."""
+    session = request_ctx.session
+    if isinstance(session, DillSession):
+        session.failed = True

@@ -1,4 +1,10 @@
-"""The Flask glue: a :class:`~flask.sessions.SessionInterface` over a store and the codec."""
+"""The Flask glue: a :class:`~flask.sessions.SessionInterface` over a store and the codec.
+
+It is also the one place where errors become HTTP: a store that fails or a lock not
+acquired is answered 503 with ``Retry-After`` and logged once on the
+``flask_dill_session`` logger, whether the session was first used in a view, in a hook
+after it, or at the end when saving.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,16 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 
-from flask import Flask, Request, Response
+from flask import Flask, Request, Response, after_this_request, current_app
+from flask.globals import request_ctx
 from flask.sessions import SessionInterface, SessionMixin
 
 from .codec import Codec, Meta
+from .config import DEFAULTS, Settings
 from .exc import (
     BadPayloadError,
     ForeignPayloadError,
@@ -26,7 +34,7 @@ from .stores.base import Entry, Store, fingerprint
 logger = logging.getLogger("flask_dill_session")
 
 _SID_CHARSET = re.compile(r"[A-Za-z0-9_-]+")
-_DAY = 86400.0
+_DEGRADED_LOG_EVERY = 60.0  # seconds between "serving reads only" warnings
 
 
 class DillSessionInterface(SessionInterface):
@@ -44,32 +52,24 @@ class DillSessionInterface(SessionInterface):
         self,
         store: Store,
         codec: Codec,
+        settings: Settings = DEFAULTS,
         *,
-        key_prefix: str = "session:",
-        sid_length: int = 32,
-        permanent: bool = True,
-        locking: bool = True,
-        absolute_lifetime: float | None = 7 * _DAY,
-        quarantine_lifetime: float = 7 * _DAY,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.codec = codec
-        self.key_prefix = key_prefix
-        self.sid_length = sid_length
-        self.permanent = permanent
-        self.locking = locking and store.supports_locking
-        self.absolute_lifetime = absolute_lifetime
-        self.quarantine_lifetime = quarantine_lifetime
+        self.settings = settings
+        self.locking = settings.locking and store.supports_locking
         self.clock = clock
-        self._sid_chars = len(secrets.token_urlsafe(sid_length))
+        self._sid_chars = len(secrets.token_urlsafe(settings.sid_length))
         self._foreign_logged: set[str] = set()
+        self._degraded_logged = -_DEGRADED_LOG_EVERY
 
     # -- hooks -----------------------------------------------------------------
 
     def generate_sid(self) -> str:
         """A new session id: ``sid_length`` random bytes from :mod:`secrets`, URL-safe."""
-        return secrets.token_urlsafe(self.sid_length)
+        return secrets.token_urlsafe(self.settings.sid_length)
 
     def is_valid_sid(self, sid: str | None) -> bool:
         """Whether *sid* has the charset and length of an id we issue."""
@@ -81,7 +81,7 @@ class DillSessionInterface(SessionInterface):
 
     def store_key(self, sid: str) -> str:
         """The key a session is stored under."""
-        return self.key_prefix + sid
+        return self.settings.key_prefix + sid
 
     def idle_lifetime(self, app: Flask) -> float:
         """Seconds of inactivity after which the server forgets a session."""
@@ -112,21 +112,66 @@ class DillSessionInterface(SessionInterface):
         sid = request.cookies.get(self.get_cookie_name(app))
         if not self.is_valid_sid(sid):
             sid = None
-        return self.session_class(sid, self.permanent, partial(self._load, app))
+        after_this_request(_after_view)  # runs first of the response's hooks
+        return self.session_class(sid, self.settings.permanent, partial(self._load, app))
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        if not isinstance(session, DillSession):
-            return
+        if not isinstance(session, DillSession) or session.saved:
+            return  # not ours, or saved already (Flask saves again for an error response)
         session.saved = True  # a later read (e.g. in a teardown hook) takes no lock
+        if session.unavailable is not None:
+            self.answer_unavailable(response, session.unavailable)
+            return
         if not session.loaded:
             return  # never used in this request: no store I/O, no cookie change
         try:
-            self._save(app, session, response)
+            if session.failed:
+                self._strike(app, session)
+            else:
+                self._save(app, session, response)
         except SessionUnavailableError as exc:
-            logger.error("session not saved, answering 503: %s", exc.description)
-            _answer_unavailable(response, exc)
+            self._report(exc, session, saving=True)
+            self.answer_unavailable(response, exc)
         finally:
             self.release(session)
+
+    # -- errors as HTTP ------------------------------------------------------------
+
+    def handle_unavailable(self, exc: SessionUnavailableError) -> Response:
+        """Flask error handler: the session could not be used in the view, so 503."""
+        session = request_ctx.session
+        if isinstance(session, DillSession):
+            self._report(exc, session)
+        response = current_app.response_class()
+        self.answer_unavailable(response, exc)
+        return response
+
+    def answer_unavailable(self, response: Response, exc: SessionUnavailableError) -> None:
+        """Make *response* a 503 with ``Retry-After``; of what the view set, only ``Vary``
+        stays (no ``Location``, ``ETag``, ``Set-Cookie``...)."""
+        vary = response.headers.get("Vary")
+        response.headers.clear()
+        if vary:
+            response.headers["Vary"] = vary
+        response.status_code = 503
+        response.headers["Retry-After"] = str(exc.retry_after or 1)
+        response.set_data("Service Unavailable: the session cannot be used now, try again.")
+        response.mimetype = "text/plain"
+
+    def _report(
+        self, exc: SessionUnavailableError, session: DillSession, saving: bool = False
+    ) -> None:
+        """Log *exc* once, with the session's fingerprint."""
+        if exc.reported:
+            return
+        exc.reported = True
+        sid = session.sid or session.cookie_sid
+        name = fingerprint(self.store_key(sid)) if sid else "(new)"
+        if isinstance(exc, LockTimeoutError):
+            logger.warning("session %s is busy, answering 503: %s", name, exc)
+        else:
+            what = "not saved" if saving else "not usable"
+            logger.error("session %s %s, answering 503: %s", name, what, exc)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -152,28 +197,36 @@ class DillSessionInterface(SessionInterface):
     # -- internals -------------------------------------------------------------
 
     def _load(self, app: Flask, session: DillSession) -> None:
-        if session.cookie_sid is not None:
-            key = self.store_key(session.cookie_sid)
+        if session.unavailable is None:
             try:
-                entry = self.store.open(key, lock=self.locking and not session.saved)
-            except LockTimeoutError as exc:
-                logger.warning(
-                    "session %s is busy, answering 503: %s", fingerprint(key), exc.description
-                )
-                raise
-            try:
-                restored = self._restore(session, entry)
-            except BaseException:
-                entry.release()
-                raise
-            if not restored or session.saved:
-                entry.release()  # otherwise held, with its lock, until save_session
-            if restored:
+                if session.cookie_sid is None or not self._open(session, session.cookie_sid):
+                    self._start(session, created=self.clock())
                 return
-        self._start(session, created=self.clock())
+            except SessionUnavailableError as exc:
+                self._report(exc, session)
+                session.unavailable = exc
+        # Used after the view: an empty session for the hook, and save_session answers 503.
+        if not session.after_view:
+            raise session.unavailable
+
+    def _open(self, session: DillSession, sid: str) -> bool:
+        """Read the stored session *sid* into *session*; whether there was a usable one."""
+        entry = self.store.open(self.store_key(sid), lock=self.locking and not session.saved)
+        if entry.degraded:
+            self._degraded(entry)
+        try:
+            restored = self._restore(session, entry)
+        except BaseException:
+            entry.release()
+            raise
+        if not restored or session.saved:
+            entry.release()  # otherwise held, with its lock, until save_session
+        return restored
 
     def _restore(self, session: DillSession, entry: Entry) -> bool:
         if entry.blob is None:
+            if entry.damage:
+                self._quarantine(entry, entry.damage)
             return False
         try:
             opened = self.codec.open(entry.key, entry.blob)
@@ -192,13 +245,14 @@ class DillSessionInterface(SessionInterface):
             logger.warning("stored session %s: %s", fingerprint(entry.key), note)
         if opened.dropped:
             self._dropped(entry, opened.dropped)
-        dict.update(session, opened.data)
-        session.entry = entry
-        session.payload = opened.payload
-        session.created = meta.created
-        session.reseal = opened.reseal
-        session.new = False
-        session._permanent = meta.permanent
+        session._restore(
+            opened.data,
+            entry,
+            payload=opened.payload,
+            created=meta.created,
+            permanent=meta.permanent,
+            reseal=opened.reseal,
+        )
         return True
 
     def _foreign(self, entry: Entry, exc: ForeignPayloadError) -> None:
@@ -212,34 +266,42 @@ class DillSessionInterface(SessionInterface):
                 exc,
             )
 
-    def _quarantine(self, entry: Entry, exc: BadPayloadError) -> None:
-        logger.warning(
-            "stored session %s is unusable and was quarantined: %s", fingerprint(entry.key), exc
-        )
+    def _quarantine(self, entry: Entry, reason: BadPayloadError | str) -> None:
+        name = fingerprint(entry.key)
+        logger.warning("stored session %s is unusable and was quarantined: %s", name, reason)
         try:
-            entry.quarantine(self.quarantine_lifetime)
-        except OSError as error:
-            logger.error(
-                "stored session %s could not be quarantined, deleting it: %s",
-                fingerprint(entry.key),
-                error,
-            )
-            entry.delete()
+            entry.quarantine(self.settings.quarantine_lifetime)
+        except SessionUnavailableError as error:
+            logger.error("stored session %s not quarantined, deleting it: %s", name, error)
+            try:
+                entry.delete()
+            except SessionUnavailableError as again:
+                logger.error("stored session %s not deleted either: %s", name, again)
 
-    def _dropped(self, entry: Entry, dropped: dict[str, str]) -> None:
-        """Some keys could not be kept: one warning each; the original stays in quarantine."""
-        for key, why in dropped.items():
+    def _degraded(self, entry: Entry) -> None:
+        """The store can be read, not written: say so at most once a minute."""
+        now = time.monotonic()
+        if now - self._degraded_logged >= _DEGRADED_LOG_EVERY:
+            self._degraded_logged = now
             logger.warning(
-                "stored session %s: key %r dropped: %s", fingerprint(entry.key), key, why
+                "session store is read-only, serving reads and answering 503 to changes: %s"
+                " (said at most once a minute)",
+                entry.fault,
             )
-        entry.copy_to_quarantine(self.quarantine_lifetime)
+
+    def _dropped(self, entry: Entry, dropped: Mapping[str, str]) -> None:
+        """Some keys could not be kept: one warning each; the original stays in quarantine."""
+        name = fingerprint(entry.key)
+        for key, why in dropped.items():
+            logger.warning("stored session %s: key %r dropped: %s", name, key, why)
+        try:
+            entry.copy_to_quarantine(self.settings.quarantine_lifetime)
+        except SessionUnavailableError as error:
+            logger.error("stored session %s: no copy kept in quarantine: %s", name, error)
 
     def _start(self, session: DillSession, *, created: float) -> None:
-        session.sid = self.generate_sid()
-        session.entry = self.store.new(self.store_key(session.sid))
-        session.new = True
-        session.payload = None
-        session.created = created
+        sid = self.generate_sid()
+        session._reset(sid, self.store.new(self.store_key(sid)), created=created)
 
     def _drop(self, session: DillSession) -> None:
         assert session.entry is not None
@@ -272,6 +334,19 @@ class DillSessionInterface(SessionInterface):
         if self.should_set_cookie(app, session):
             self._set_cookie(app, session, response)
 
+    def _strike(self, app: Flask, session: DillSession) -> None:
+        """The request ended in an unhandled exception: nothing it changed is written.
+        After ``poison_after`` such requests in a row, the stored session is quarantined."""
+        entry, limit = session.entry, self.settings.poison_after
+        if entry is None or session.new or limit is None:
+            return
+        if entry.strikes + 1 < limit:
+            entry.strike(self.idle_lifetime(app))
+            return
+        self._quarantine(
+            entry, f"{limit} requests in a row that used it ended in an unhandled exception"
+        )
+
     def _changed(self, session: DillSession, payload: bytes) -> bool:
         """Whether *payload* must be written: new, assigned to, or different data."""
         return (
@@ -282,9 +357,8 @@ class DillSessionInterface(SessionInterface):
         )
 
     def _absolute_deadline(self, created: float) -> float | None:
-        if self.absolute_lifetime is None:
-            return None
-        return created + self.absolute_lifetime
+        lifetime = self.settings.absolute_lifetime
+        return None if lifetime is None else created + lifetime
 
     def _past_absolute(self, created: float, expires: float | None) -> bool:
         now = self.clock()
@@ -319,9 +393,9 @@ class DillSessionInterface(SessionInterface):
         )
 
 
-def _answer_unavailable(response: Response, exc: SessionUnavailableError) -> None:
-    response.status_code = 503
-    response.headers["Retry-After"] = str(exc.retry_after or 1)
-    response.headers.pop("Set-Cookie", None)
-    response.set_data(exc.description or "Service Unavailable")
-    response.mimetype = "text/plain"
+def _after_view(response: Response) -> Response:
+    """The view has returned: a store failure from now on is answered by save_session."""
+    session = request_ctx.session
+    if isinstance(session, DillSession):
+        session.after_view = True
+    return response

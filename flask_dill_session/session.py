@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from flask.sessions import SessionMixin
 
 if TYPE_CHECKING:
+    from .exc import SessionUnavailableError
     from .stores.base import Entry
 
 
@@ -35,8 +36,13 @@ class DillSession(dict[str, Any], SessionMixin):
         self.foreign = False  # the cookie's session is readable elsewhere only: keep the cookie
         self.saved = False  # save_session has run: a later use is read-only, unlocked
         self.written = False  # this response wrote the session to the store
+        self.after_view = False  # the view has returned: a store failure now answers 503
+        self.failed = False  # the request ended in an unhandled exception
+        self.unavailable: SessionUnavailableError | None = None  # why it could not be used
         self._permanent = permanent
         self._loader: Callable[[DillSession], None] | None = loader
+
+    # -- loading -------------------------------------------------------------------
 
     @property
     def loaded(self) -> bool:
@@ -53,6 +59,44 @@ class DillSession(dict[str, Any], SessionMixin):
                 self._loader = loader
                 raise
 
+    def _restore(
+        self,
+        data: dict[str, Any],
+        entry: Entry,
+        *,
+        payload: bytes | None,
+        created: float,
+        permanent: bool,
+        reseal: bool,
+    ) -> None:
+        """Become the stored session: its data, entry, payload and flags."""
+        dict.update(self, data)
+        self.entry = entry
+        self.payload = payload
+        self.created = created
+        self._permanent = permanent
+        self.reseal = reseal
+        self.new = False
+
+    def _reset(self, sid: str, entry: Entry, *, created: float) -> None:
+        """Become a new session *sid*, not stored yet (data is left as it is)."""
+        self.sid = sid
+        self.entry = entry
+        self.new = True
+        self.payload = None
+        self.created = created
+
+    # -- the dict, loading on first use ---------------------------------------------
+
+    def _read(self) -> None:
+        if self._loader is not None:
+            self.load()
+        self.accessed = True
+
+    def _write(self) -> None:
+        self._read()
+        self.modified = True
+
     @property
     def permanent(self) -> bool:
         self.load()  # the stored session's flag, not the configured default
@@ -65,39 +109,91 @@ class DillSession(dict[str, Any], SessionMixin):
             self._permanent = bool(value)
             self.modified = True
 
+    def __getitem__(self, key: str) -> Any:
+        self._read()
+        return dict.__getitem__(self, key)
 
-def _wrap(name: str, *, writes: bool) -> Callable[..., Any]:
-    method = getattr(dict, name)
+    def __contains__(self, key: object) -> bool:
+        self._read()
+        return dict.__contains__(self, key)
 
-    def wrapper(self: DillSession, *args: Any, **kwargs: Any) -> Any:
-        if self._loader is not None:
-            self.load()
-        self.accessed = True
-        if writes:
-            self.modified = True
-        return method(self, *args, **kwargs)
+    def __iter__(self) -> Iterator[str]:
+        self._read()
+        return dict.__iter__(self)
 
-    wrapper.__name__ = name
-    wrapper.__doc__ = method.__doc__
-    return wrapper
+    def __reversed__(self) -> Iterator[str]:
+        self._read()
+        return dict.__reversed__(self)
 
+    def __len__(self) -> int:
+        self._read()
+        return dict.__len__(self)
 
-_READS = (
-    "__getitem__", "__contains__", "__iter__", "__reversed__", "__len__", "__repr__",
-    "__eq__", "__ne__", "__or__", "get", "keys", "values", "items", "copy",
-)  # fmt: skip
-_WRITES = (
-    "__setitem__",
-    "__delitem__",
-    "__ior__",
-    "clear",
-    "pop",
-    "popitem",
-    "setdefault",
-    "update",
-)
+    def __repr__(self) -> str:
+        self._read()
+        return dict.__repr__(self)
 
-for _name in _READS:
-    setattr(DillSession, _name, _wrap(_name, writes=False))
-for _name in _WRITES:
-    setattr(DillSession, _name, _wrap(_name, writes=True))
+    def __eq__(self, other: object) -> bool:
+        self._read()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        self._read()
+        return dict.__ne__(self, other)
+
+    def __or__(self, other: Any) -> Any:
+        self._read()
+        return dict.__or__(self, other)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._read()
+        return dict.get(self, key, default)
+
+    def keys(self) -> Any:
+        self._read()
+        return dict.keys(self)
+
+    def values(self) -> Any:
+        self._read()
+        return dict.values(self)
+
+    def items(self) -> Any:
+        self._read()
+        return dict.items(self)
+
+    def copy(self) -> dict[str, Any]:
+        self._read()
+        return dict.copy(self)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._write()
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._write()
+        dict.__delitem__(self, key)
+
+    def __ior__(self, other: Any) -> DillSession:  # type: ignore[override]
+        self._write()
+        dict.update(self, other)
+        return self
+
+    def clear(self) -> None:
+        self._write()
+        dict.clear(self)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._write()
+        return dict.pop(self, key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        self._write()
+        return dict.popitem(self)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._write()
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._write()
+        dict.update(self, *args, **kwargs)

@@ -1,7 +1,8 @@
-"""Real processes for the tests: HTTP servers and a private redis-server."""
+"""Real processes for the tests: HTTP servers, a private redis-server, and small tmpfs mounts."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -232,9 +233,69 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
+            self.thaw()  # a stopped process handles SIGTERM only once continued
             self.proc.terminate()
             self.proc.wait(10)
+
+    def freeze(self) -> None:
+        """Stop the server (SIGSTOP): connections stay open, nothing is answered."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen server run again (SIGCONT); nothing if it has exited."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def restart(self) -> None:
         self.stop()
         self.__init__(self.workdir, self.port)  # type: ignore[misc]
+
+
+class MountError(RuntimeError):
+    """Mounting is not permitted here (not root, or no such capability in a container)."""
+
+
+class Tmpfs:
+    """A tmpfs of *size* mounted on *directory* (which is created), for disk-full and
+    read-only tests. Needs root; raises :class:`MountError` when mounting is refused."""
+
+    def __init__(self, directory: Path, size: str = "64k") -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        options = f"size={size},mode=0700"
+        self._mount("-t", "tmpfs", "-o", options, "tmpfs", str(directory))
+        self.mounted = True
+
+    def read_only(self) -> None:
+        """Remount read-only: every write fails with EROFS, reads go on."""
+        self._mount("-o", "remount,ro", str(self.directory))
+
+    def read_write(self) -> None:
+        self._mount("-o", "remount,rw", str(self.directory))
+
+    def fill(self) -> Path:
+        """Fill the file system with one file until a write fails with ENOSPC; return it."""
+        filler = self.directory / "filler"
+        chunk = b"\0" * 4096
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            while True:
+                try:
+                    os.write(fd, chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    return filler
+        finally:
+            os.close(fd)
+
+    def unmount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", str(self.directory)], check=True)
+            self.mounted = False
+
+    @staticmethod
+    def _mount(*argv: str) -> None:
+        result = subprocess.run(["mount", *argv], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise MountError(f"mount {' '.join(argv)}: {result.stderr.strip()}")

@@ -1,6 +1,7 @@
 """Concurrency and write economy: lazy load, per-session locks, deep change detection.
 
-Lost updates are checked against a real gunicorn (2 processes x 4 threads); lock waits,
+Lost updates are checked against two real gunicorn servers of one process and 4 threads
+each, sharing one store and driven alternately; lock waits,
 killed holders and exceptions against real flocks on the session files, held by other
 threads or by a process of their own.
 """
@@ -120,27 +121,33 @@ def test_concurrent_increments_of_one_session(
         "FLASK_SESSION_DILL_LOCKING": "true" if locking else "false",
         "PYTHONPATH": str(ROOT),
     }
-    server = gunicorn(tmp_path, "tests.apps.counter_app:create_app()", env, workers=2, threads=4)
+    app = "tests.apps.counter_app:create_app()"
+    servers = [gunicorn(tmp_path, app, env, workers=1, threads=4) for _ in range(2)]
+    urls = [server.url for server in servers]
     try:
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
-        with opener.open(server.url + "/start", timeout=30) as response:
+        with opener.open(urls[0] + "/start", timeout=30) as response:
             cookie = response.headers["Set-Cookie"]
         sid = cookie.split(";")[0].split("=", 1)[1]
 
-        def client(_: int) -> list[tuple[int, str]]:
-            return [http_get(server.url + "/incr", sid) for _ in range(INCREMENTS)]
+        def client(n: int) -> list[tuple[str, int, str]]:
+            order = [urls[(n + i) % 2] for i in range(INCREMENTS)]  # alternately
+            return [(url, *http_get(url + "/incr", sid)) for url in order]
 
         with ThreadPoolExecutor(CLIENTS) as pool:
             answers = [answer for batch in pool.map(client, range(CLIENTS)) for answer in batch]
-        final = http_get(server.url + "/read", sid)
+        final = http_get(urls[1] + "/read", sid)
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
 
     total = CLIENTS * INCREMENTS
-    assert [status for status, _ in answers] == [200] * total, server.log.read_text()
-    values = [int(text.split()[0]) for _, text in answers]
-    pids = {text.split()[1] for _, text in answers}
-    assert len(pids) == 2  # both worker processes served the session
+    logs = "\n".join(server.log.read_text() for server in servers)
+    assert [status for _, status, _ in answers] == [200] * total, logs
+    values = [int(text.split()[0]) for _, _, text in answers]
+    pids = {url: {text.split()[1] for u, _, text in answers if u == url} for url in urls}
+    assert [len(pids[url]) for url in urls] == [1, 1]  # one process each ...
+    assert pids[urls[0]] != pids[urls[1]]  # ... two processes served the session
     assert final[0] == 200
     if locking:
         assert sorted(values) == list(range(1, total + 1))  # each saw the one before it

@@ -66,7 +66,8 @@ def test_an_unusable_blob_that_cannot_be_quarantined_is_deleted(
 def test_a_short_write_is_an_error_and_keeps_the_old_session(
     make_app: AppFactory, tmp_path: Path
 ) -> None:
-    """A disk that fills up (here: RLIMIT_FSIZE) fails the request; nothing half-written."""
+    """A disk that fills up (here: RLIMIT_FSIZE) is a store failure (503); nothing
+    half-written."""
     script = f"""
 import resource, sys
 sys.path.insert(0, {str(ROOT)!r})
@@ -92,7 +93,7 @@ print(client.get("/set/20000").status_code, client.get("/len").text)
     )
     assert result.returncode == 0, result.stderr
     status, length = result.stdout.split()
-    assert status == "500"
+    assert status == "503"
     assert length == "100"
     assert not [p for p in tmp_path.rglob("*.tmp")]
 

@@ -2,12 +2,38 @@
 
 Stores know neither Flask nor dill. A request opens an :class:`Entry` for one key,
 holds its lock (if any) while it works, and releases it at the end.
+
+Errors. Every failure of a backend surfaces as
+:class:`~flask_dill_session.exc.StoreUnavailableError`, and as nothing else: an
+``OSError`` of any errno in the filesystem store (``ENOSPC``, ``EACCES``, ``EROFS``,
+``EIO``, ``EDQUOT``, ...), any exception of the redis-py client (``RedisError``, and those
+outside it such as ``RedisClusterException``), any exception of a cachelib cache. Each
+backend turns failures into it in one place, its ``errors()`` context manager around every
+call to the backend. The message names the
+cause and where (a path, a Redis address, a cache type) and is meant for the log, not for
+the client; its ``cause`` and ``where`` attributes carry the two parts. Stores do not log
+these failures: the caller logs one line. Besides:
+
+- :meth:`Store.open` raises :class:`~flask_dill_session.exc.LockTimeoutError` when
+  another request holds the lock past the lock timeout;
+- :meth:`Entry.write` raises ``StoreUnavailableError`` when the lock's lease ran out before
+  the write (nothing is written: another request may hold the session now); it returns
+  ``False`` only when the session was deleted meanwhile;
+- an entry opened with ``degraded`` set (the store can be read but not written) serves its
+  blob, skips :meth:`Entry.touch`, and raises ``StoreUnavailableError`` from every other
+  change;
+- :meth:`Entry.release` never raises.
 """
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import Settings
+from ..exc import StoreUnavailableError
 
 
 def fingerprint(key: str) -> str:
@@ -30,10 +56,31 @@ class Entry(ABC):
 
     key: str
     blob: bytes | None
+    #: Set when the stored bytes are not a session at all (``blob`` is then ``None``); the
+    #: reason, such as ``"unframed content"``. The interface quarantines them.
+    damage: str | None = None
+    #: Whether the store could be read but not written: ``blob`` is served, ``touch`` is
+    #: skipped, and every change (``write``, ``delete``, ``quarantine``) raises
+    #: ``StoreUnavailableError`` with the cause of ``fault``.
+    degraded: bool = False
+    #: Why the entry is degraded (its ``cause`` and ``where``), for the log; else ``None``.
+    fault: StoreUnavailableError | None = None
+    #: Requests in a row that used this session and ended in an unhandled exception, read
+    #: with the blob; a successful ``write`` or ``touch`` sets it back to 0.
+    strikes: int = 0
+
+    def strike(self, ttl: float) -> None:
+        """Record one more failed request (``strikes + 1``) without changing the blob,
+        keeping the session *ttl* seconds; a store that keeps no count does nothing."""
+        return None
 
     @abstractmethod
     def write(self, blob: bytes, ttl: float) -> bool:
-        """Store *blob*, expiring *ttl* seconds from now; ``False`` if the key is gone."""
+        """Store *blob*, expiring *ttl* seconds from now; ``False`` if the key is gone.
+
+        Raises ``StoreUnavailableError`` when nothing could be written, including when the
+        lock's lease ran out first.
+        """
 
     @abstractmethod
     def touch(self, ttl: float) -> None:
@@ -53,7 +100,7 @@ class Entry(ABC):
 
     @abstractmethod
     def release(self) -> None:
-        """Release the lock, if held. Safe to call more than once."""
+        """Release the lock, if held. Safe to call more than once; never raises."""
 
 
 class Store(ABC):
@@ -61,6 +108,12 @@ class Store(ABC):
 
     #: Whether :meth:`open` with ``lock=True`` serializes concurrent requests.
     supports_locking: bool = True
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, settings: Settings, config: Mapping[str, Any]) -> Store:
+        """The store *settings* and the app's *config* describe; a
+        :class:`~flask_dill_session.exc.ConfigError` naming the key if they cannot."""
 
     @abstractmethod
     def open(self, key: str, *, lock: bool) -> Entry:

@@ -17,7 +17,9 @@ The cache serializes values itself: most cachelib caches (``FileSystemCache``,
 ``RedisCache``, ``MongoDbCache``, ...) pickle what they store and unpickle it on read,
 *before* this package can check its MAC. Write access to such a cache is therefore code
 execution, whatever this package does; keep it as private as the application itself.
-Timeouts are whole seconds (rounded up), since that is what cachelib takes.
+Timeouts are whole seconds (rounded up), since that is what cachelib takes. Any exception
+of the cache, and a cache that does not store a new value, is raised as
+:class:`~flask_dill_session.exc.StoreUnavailableError` naming the cause and the cache type.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
 
 from cachelib.base import BaseCache
 
-from ..exc import StoreUnavailableError
+from ..config import Settings
+from ..exc import ConfigError, DillSessionError, StoreUnavailableError
 from .base import Entry, Store, quarantine_name
 
 logger = logging.getLogger("flask_dill_session")
@@ -51,6 +54,24 @@ class CacheLibStore(Store):
         self.quarantine_prefix = quarantine_prefix
         self.name = type(cache).__name__
 
+    @classmethod
+    def from_config(cls, settings: Settings, config: Mapping[str, Any]) -> CacheLibStore:
+        """``SESSION_CACHELIB`` must be a cachelib cache; warn that it has no locks."""
+        cache = config.get("SESSION_CACHELIB")
+        if not isinstance(cache, BaseCache):
+            raise ConfigError(
+                "SESSION_CACHELIB must be a cachelib cache (a cachelib.base.BaseCache) when"
+                f' SESSION_DILL_BACKEND is "cachelib", got {type(cache).__name__}'
+            )
+        if settings.locking:
+            logger.warning(
+                "SESSION_DILL_LOCKING is on, but the cachelib backend (%s) has no locks:"
+                " concurrent requests of one session may lose updates; use the filesystem"
+                " or redis backend for locking, or set SESSION_DILL_LOCKING = False",
+                type(cache).__name__,
+            )
+        return cls(cache, quarantine_prefix=f"quarantine:{settings.key_prefix}")
+
     def new(self, key: str) -> Entry:
         return _CacheEntry(self, key, None)
 
@@ -66,17 +87,28 @@ class CacheLibStore(Store):
 
     @contextlib.contextmanager
     def errors(self, action: str) -> Iterator[None]:
-        """Turn a failure of the cache into :class:`StoreUnavailableError`, logging it."""
+        """Raise any exception of the cache as :class:`StoreUnavailableError` (the one place
+        it is), naming its cause and the cache."""
         try:
             yield
-        except StoreUnavailableError:
+        except DillSessionError:
             raise
         except Exception as exc:
-            self.fail(action, f"{type(exc).__name__}: {exc}", exc)
+            detail = str(exc)
+            cause = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+            raise self.unavailable(action, cause) from exc
 
-    def fail(self, action: str, reason: str, cause: BaseException | None = None) -> NoReturn:
-        logger.error("session store unavailable: %s failed while %s: %s", self.name, action, reason)
-        raise StoreUnavailableError("session store unavailable, try again shortly") from cause
+    def unavailable(self, action: str, cause: str) -> StoreUnavailableError:
+        """The error for *cause*, met while *action*."""
+        return StoreUnavailableError(
+            f"session store unavailable: {cause} while {action} ({self.name})",
+            cause=cause,
+            where=self.name,
+        )
+
+    def fail(self, action: str, cause: str) -> NoReturn:
+        """Raise :class:`StoreUnavailableError` for *cause*, met while *action*."""
+        raise self.unavailable(action, cause)
 
 
 class _CacheEntry(Entry):

@@ -16,6 +16,24 @@ and has no locks. Here:
   if the process dies, and no lock file is left behind);
 - file names are a hash of the store key, never cookie text; files are 0600 in 0700
   directories and are opened with ``O_NOFOLLOW``.
+
+Faults (see :mod:`.base` for the contract): every ``OSError`` on the way (open, lock, read,
+write, touch, delete, quarantine, compaction, create, ``makedirs``) is raised as
+:class:`~flask_dill_session.exc.StoreUnavailableError` by :meth:`FileSystemStore.errors`,
+naming its cause and path. A failed append is cut back off under the lock, a failed create
+or compaction removes its file, so a full disk never leaves a half-written session.
+
+- **Read-only store** (``EROFS``, ``EACCES``, ``EPERM`` when opening a session file for
+  writing): the file is opened read-only, without its lock, and the entry is ``degraded``:
+  the session is served, its touch skipped, and any change raises.
+- **Foreign files**: a file without an intact record is reported as ``damage`` (``"empty
+  file"``, ``"unframed content"``, ``"torn first record"``) and can be quarantined; cleanup
+  quarantines such files rather than deleting them.
+- **A create in flight**: a new file is made with ``O_EXCL`` and its creator takes its lock
+  before writing its first record, so a reader that waits for the lock sees the record. An
+  empty file whose mtime is within ``_CREATE_GRACE`` seconds of now may still be getting its
+  record (a reader can open it between the create and the lock): it reads as absent and is
+  left alone. An older empty file was left by a creator that died, and is ``damage``.
 """
 
 from __future__ import annotations
@@ -31,9 +49,11 @@ import stat
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
-from ..exc import LockTimeoutError
+from ..config import DEFAULTS, Settings
+from ..exc import LockTimeoutError, StoreUnavailableError
 from .base import Entry, Store, fingerprint
 
 _MAGIC = b"\xfd\x53"
@@ -43,10 +63,14 @@ _HEAD = struct.Struct("<2sI")  # the start of a record: magic, length
 _STAMPED = _RECORD.size - _DEADLINE.size  # where the checksummed bytes of a record begin
 _COMPACT_AT = 8192  # bytes; compact when a file would outgrow this and 4 records
 _READ = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_ONLY = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)  # readable, maybe, but not writable
+_NOT_A_FILE = (errno.ELOOP, errno.EISDIR, errno.ENXIO)  # a symlink, directory or socket
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _TMP_SUFFIX = ".tmp"
 _CLEANUP_GRACE = 60.0  # seconds; never reap a file this close to its deadline
 _TOUCH_STEP = 1.0  # seconds; a touch that would move the deadline by less is skipped
+_CREATE_GRACE = 10.0  # seconds; an empty file younger than this may be a create in flight
 
 
 def frame(blob: bytes, deadline: float) -> bytes:
@@ -89,16 +113,27 @@ class FileSystemStore(Store):
         self,
         directory: str,
         *,
-        lock_timeout: float = 10.0,
-        fsync: bool = False,
+        lock_timeout: float = DEFAULTS.lock_timeout,
+        fsync: bool = DEFAULTS.fsync,
         clock: Callable[[], float] = time.time,
+        quarantine_lifetime: float = DEFAULTS.quarantine_lifetime,
     ) -> None:
         self.directory = os.path.abspath(directory)
         self.quarantine_dir = os.path.join(self.directory, "quarantine")
         self.lock_timeout = lock_timeout
         self.fsync = fsync
         self.clock = clock
+        self.quarantine_lifetime = quarantine_lifetime
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
+
+    @classmethod
+    def from_config(cls, settings: Settings, config: Mapping[str, Any]) -> FileSystemStore:
+        return cls(
+            settings.file_dir,
+            lock_timeout=settings.lock_timeout,
+            fsync=settings.fsync,
+            quarantine_lifetime=settings.quarantine_lifetime,
+        )
 
     def path(self, key: str) -> str:
         """The file of *key*: a hash of it, never the key itself."""
@@ -110,62 +145,122 @@ class FileSystemStore(Store):
 
     def open(self, key: str, *, lock: bool) -> Entry:
         path = self.path(key)
-        while True:
-            try:
-                fd = os.open(path, _READ)
-            except (FileNotFoundError, NotADirectoryError):
-                return self.new(key)
-            except OSError as exc:
-                # a symlink, directory or socket planted where a session file belongs
-                if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-                    return self.new(key)
+        with self.errors("reading a session", path):
+            while True:
+                entry = self._open_once(key, path, lock=lock)
+                if entry is not None:
+                    return entry
+
+    @contextlib.contextmanager
+    def errors(self, action: str, path: str | None = None) -> Iterator[None]:
+        """Raise any ``OSError`` as :class:`StoreUnavailableError` (the one place it is)."""
+        try:
+            yield
+        except OSError as exc:
+            raise self.unavailable(action, exc, path) from exc
+
+    def unavailable(self, action: str, exc: OSError, path: str | None) -> StoreUnavailableError:
+        """The error for *exc*, met while *action*: its cause and the path it concerns."""
+        cause = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+        where = exc.filename if isinstance(exc.filename, str) else path or self.directory
+        return StoreUnavailableError(
+            f"session store unavailable: {cause} while {action} at {where}",
+            cause=cause,
+            where=where,
+        )
+
+    def _open_once(self, key: str, path: str, *, lock: bool) -> Entry | None:
+        """:meth:`open`, or ``None`` if the file was replaced while we waited for its lock."""
+        fd, denied = self._open_fd(path)
+        if fd is None:
+            return self.new(key)
+        locked = lock and denied is None  # a read-only file is served without its lock
+        try:
+            if locked:
+                self._lock(fd)
+            info = os.fstat(fd)
+            gone = info.st_nlink == 0 or not stat.S_ISREG(info.st_mode)
+            data = b"" if gone else os.pread(fd, info.st_size, 0)
+        except BaseException:
+            _close_quietly(fd)
+            raise
+        if gone:  # deleted or compacted meanwhile; or not a regular file
+            os.close(fd)
+            return None if info.st_nlink == 0 and os.path.lexists(path) else self.new(key)
+        return self._entry(key, path, fd, data, info.st_mtime, locked=locked, denied=denied)
+
+    def _open_fd(self, path: str) -> tuple[int | None, OSError | None]:
+        """*path* opened for appending; or read-only, with the error that refused writing;
+        ``None`` if there is no regular file."""
+        try:
+            return os.open(path, _READ), None
+        except (FileNotFoundError, NotADirectoryError):
+            return None, None
+        except OSError as exc:
+            if exc.errno in _NOT_A_FILE:
+                return None, None
+            if exc.errno not in _DENIED:
                 raise
+            denied = exc
+        try:
+            return os.open(path, _READ_ONLY), denied
+        except (FileNotFoundError, NotADirectoryError):
+            return None, None
+
+    def _entry(
+        self,
+        key: str,
+        path: str,
+        fd: int,
+        data: bytes,
+        mtime: float,
+        *,
+        locked: bool,
+        denied: OSError | None,
+    ) -> Entry:
+        """The entry for the bytes *data* read from *fd*, which it then owns."""
+        blob, deadline, stop = _parse(data)
+        damage = None if blob is not None else _damage(data, mtime)
+        expired = blob is not None and max(deadline, mtime) <= self.clock()
+        if expired or (blob is None and damage is None):
             try:
-                if lock:
-                    self._lock(fd)
-                info = os.fstat(fd)
-                if info.st_nlink == 0:  # deleted, or compacted, while we waited
-                    os.close(fd)
-                    if os.path.lexists(path):
-                        continue
-                    return self.new(key)
-                if not stat.S_ISREG(info.st_mode):
-                    os.close(fd)
-                    return self.new(key)
-                data = os.pread(fd, info.st_size, 0)
-            except BaseException:
-                _close_quietly(fd)
-                raise
-            blob, deadline, stop = _parse(data)
-            if blob is None or max(deadline, info.st_mtime) <= self.clock():
-                if lock and blob is not None:
+                if expired and locked:
                     _unlink_quietly(path)
+            finally:
                 os.close(fd)
-                return self.new(key)
-            entry = _FileEntry(self, key, path, fd, blob, len(data), locked=lock)
-            entry.expires = max(deadline, info.st_mtime)
-            # Bytes after the newest intact record (a torn append): a record appended after
-            # them could never be found, so the next write compacts instead.
-            entry.torn = stop != len(data)
-            return entry
+            return self.new(key)
+        entry = _FileEntry(self, key, path, fd, blob, len(data), locked=locked)
+        entry.expires = max(deadline, mtime)
+        # Bytes after the newest intact record (a torn append), or no record at all: a
+        # record appended after them could never be found, so the next write compacts.
+        entry.torn = stop != len(data)
+        entry.damage = damage
+        if denied is not None:
+            entry.degraded = True
+            entry.denied = denied
+            entry.fault = self.unavailable("opening a session for writing", denied, path)
+        return entry
 
     def cleanup(self) -> int:
-        """Remove expired session files, stale temporary files and old quarantine."""
+        """Remove expired session files, stale temporary files and old quarantine; move files
+        that hold no session at all (``damage``) to quarantine. Returns how many it removed."""
         now = self.clock()
         removed = 0
-        for entry in _files(self.directory, shards=True):
-            if entry.name.endswith(_TMP_SUFFIX):
-                if _mtime(entry) < now - 3600:
+        with self.errors("cleaning up"):
+            for entry in _files(self.directory, shards=True):
+                if entry.name.endswith(_TMP_SUFFIX):
+                    if _mtime(entry) < now - 3600:
+                        removed += _unlink_quietly(entry.path)
+                elif _mtime(entry) < now - _CLEANUP_GRACE:
+                    removed += self._reap(entry.path, now)
+            for entry in _files(self.quarantine_dir, shards=False):
+                if _mtime(entry) < now:
                     removed += _unlink_quietly(entry.path)
-            elif _mtime(entry) < now - _CLEANUP_GRACE:
-                removed += self._reap(entry.path, now)
-        for entry in _files(self.quarantine_dir, shards=False):
-            if _mtime(entry) < now:
-                removed += _unlink_quietly(entry.path)
         return removed
 
     def _reap(self, path: str, now: float) -> int:
-        """Delete *path* if it is expired, checked again under its lock (skip if busy)."""
+        """Delete *path* if it is expired, checked again under its lock (skip if busy); move
+        it to quarantine if it holds no intact record."""
         try:
             fd = os.open(path, _READ)
         except OSError:
@@ -173,14 +268,40 @@ class FileSystemStore(Store):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             info = os.fstat(fd)
-            _, deadline = last_record(os.pread(fd, info.st_size, 0))
-            if info.st_nlink and max(deadline, info.st_mtime) < now - _CLEANUP_GRACE:
-                return _unlink_quietly(path)
+            data = os.pread(fd, info.st_size, 0)
+            blob, deadline = last_record(data)
+            if not info.st_nlink or max(deadline, info.st_mtime) >= now - _CLEANUP_GRACE:
+                return 0
+            if blob is None and _damage(data, info.st_mtime) is not None:
+                name = f"{os.path.basename(path)}.{int(now)}.{secrets.token_hex(4)}"
+                self.keep(path, name, now + self.quarantine_lifetime)
+                return 0
+            return _unlink_quietly(path)
         except BlockingIOError:
-            pass
+            return 0
         finally:
             os.close(fd)
-        return 0
+
+    def keep(self, path: str, name: str, until: float) -> bool:
+        """Move *path* to quarantine as *name*, kept until *until*; ``False`` if it is gone."""
+        os.makedirs(self.quarantine_dir, mode=0o700, exist_ok=True)
+        target = os.path.join(self.quarantine_dir, name)
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return False
+        os.utime(target, (until, until))
+        return True
+
+    def keep_copy(self, record: bytes, name: str, until: float) -> None:
+        """Write *record* to quarantine as *name*, kept until *until*."""
+        os.makedirs(self.quarantine_dir, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(self.quarantine_dir, name), _CREATE, 0o600)
+        try:
+            _write_all(fd, record)
+            os.utime(fd, (until, until))
+        finally:
+            os.close(fd)
 
     def _lock(self, fd: int) -> None:
         """``flock`` with a timeout: try, then poll with a growing pause."""
@@ -225,82 +346,104 @@ class _FileEntry(Entry):
         self._locked = locked
         self.torn = False
         self.expires = 0.0  # the deadline stored when opened
+        self.denied: OSError | None = None  # why the file was opened read-only
 
     def write(self, blob: bytes, ttl: float) -> bool:
+        self._check_writable("writing a session")
         deadline = self.store.clock() + ttl
         record = frame(blob, deadline)
-        if self._fd is None:
-            return self._create(record, deadline)
-        if not self._locked and os.fstat(self._fd).st_nlink == 0:
-            return False  # deleted by another request: do not resurrect
-        if self.torn or self._size + len(record) > max(_COMPACT_AT, 4 * len(record)):
-            return self._compact(record, deadline)
-        _write_all(self._fd, record)
-        self._size += len(record)
-        self._finish(self._fd, deadline)
+        with self.store.errors("writing a session", self.path):
+            if self._fd is None:
+                return self._create(record, deadline)
+            if not self._locked and os.fstat(self._fd).st_nlink == 0:
+                return False  # deleted by another request: do not resurrect
+            if self.torn or self._size + len(record) > max(_COMPACT_AT, 4 * len(record)):
+                return self._compact(record, deadline)
+            self._append(self._fd, record)
+            self._finish(self._fd, deadline)
         return True
 
     def touch(self, ttl: float) -> None:
-        if self._fd is not None:
-            deadline = self.store.clock() + ttl
-            if 0.0 <= deadline - self.expires < _TOUCH_STEP:
-                return  # refreshed less than a second ago: a burst of requests, one utime
+        if self._fd is None or self.degraded:
+            return
+        deadline = self.store.clock() + ttl
+        if 0.0 <= deadline - self.expires < _TOUCH_STEP:
+            return  # refreshed less than a second ago: a burst of requests, one utime
+        with self.store.errors("refreshing a session's expiry", self.path):
             os.utime(self._fd, (deadline, deadline))
 
     def delete(self) -> None:
         if self._fd is not None:
-            _unlink_quietly(self.path)
+            self._check_writable("deleting a session")
+            with self.store.errors("deleting a session", self.path):
+                _unlink_quietly(self.path)
 
     def quarantine(self, ttl: float) -> None:
         if self._fd is None:
             return
-        target, until = self._quarantine_target(ttl)
-        try:
-            os.rename(self.path, target)
-        except FileNotFoundError:
-            return
-        os.utime(target, (until, until))
+        self._check_writable("quarantining a session")
+        now = self.store.clock()
+        name = f"{fingerprint(self.key)}.{int(now)}.{secrets.token_hex(4)}"  # as logged
+        with self.store.errors("quarantining a session", self.path):
+            self.store.keep(self.path, name, now + ttl)
 
     def copy_to_quarantine(self, ttl: float) -> None:
         if self.blob is None:
             return
-        target, until = self._quarantine_target(ttl)
-        fd = os.open(target, _CREATE, 0o600)
-        try:
-            _write_all(fd, frame(self.blob, until))
-            os.utime(fd, (until, until))
-        finally:
-            os.close(fd)
-
-    def _quarantine_target(self, ttl: float) -> tuple[str, float]:
-        """A new quarantine path for this session (named by its fingerprint, as logged)."""
+        self._check_writable("keeping a copy of a session")
         now = self.store.clock()
-        os.makedirs(self.store.quarantine_dir, mode=0o700, exist_ok=True)
-        name = f"{fingerprint(self.key)}.{int(now)}.{secrets.token_hex(4)}"
-        return os.path.join(self.store.quarantine_dir, name), now + ttl
+        name = f"{fingerprint(self.key)}.{int(now)}.{secrets.token_hex(4)}"  # as logged
+        with self.store.errors("keeping a copy of a session", self.path):
+            self.store.keep_copy(frame(self.blob, now + ttl), name, now + ttl)
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # also releases the flock
+            _close_quietly(self._fd)  # also releases the flock
             self._fd = None
 
-    def _create(self, record: bytes, deadline: float) -> bool:
+    def _check_writable(self, action: str) -> None:
+        """Raise, for *action*, the error that refused writing if the entry is read-only."""
+        if self.denied is not None:
+            raise self.store.unavailable(action, self.denied, self.path) from self.denied
+
+    def _append(self, fd: int, record: bytes) -> None:
+        """Append *record*; if that fails, cut off what was written of it (under the lock:
+        unlocked, another request may have appended since, and a torn tail is skipped)."""
         try:
-            fd = os.open(self.path, _CREATE, 0o600)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            fd = os.open(self.path, _CREATE, 0o600)
-        except FileExistsError:
+            _write_all(fd, record)
+        except OSError:
+            if self._locked:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._size)
+            raise
+        self._size += len(record)
+
+    def _create(self, record: bytes, deadline: float) -> bool:
+        fd = self._create_file()
+        if fd is None:
             return False
         try:
+            self.store._lock(fd)  # a reader that waits for it sees the record (see module doc)
             _write_all(fd, record)
             self._finish(fd, deadline, new_name=True)
         except BaseException:
-            _unlink_quietly(self.path)  # a half-made session file: never leave it
+            with contextlib.suppress(OSError):
+                _unlink_quietly(self.path)  # a half-made session file: never leave it
             raise
         finally:
             os.close(fd)
         return True
+
+    def _create_file(self) -> int | None:
+        """A new, empty file at our path; ``None`` if one exists already."""
+        try:
+            try:
+                return os.open(self.path, _CREATE, 0o600)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+                return os.open(self.path, _CREATE, 0o600)
+        except FileExistsError:
+            return None
 
     def _compact(self, record: bytes, deadline: float) -> bool:
         tmp = f"{self.path}.{secrets.token_hex(6)}{_TMP_SUFFIX}"
@@ -309,7 +452,8 @@ class _FileEntry(Entry):
             _write_all(fd, record)
             self._finish(fd, deadline)
         except BaseException:
-            _unlink_quietly(tmp)  # never rename a half-written file over a good one
+            with contextlib.suppress(OSError):
+                _unlink_quietly(tmp)  # never rename a half-written file over a good one
             raise
         finally:
             os.close(fd)
@@ -328,6 +472,16 @@ class _FileEntry(Entry):
             os.fsync(fd)
             if new_name:
                 _fsync_dir(os.path.dirname(self.path))
+
+
+def _damage(data: bytes, mtime: float) -> str | None:
+    """Why *data*, a file's bytes without an intact record, is no session; ``None`` for an
+    empty file that may be a create in flight (see the module docstring)."""
+    if not data:
+        return None if abs(time.time() - mtime) < _CREATE_GRACE else "empty file"
+    if data.startswith(_MAGIC) or _MAGIC.startswith(data):
+        return "torn first record"
+    return "unframed content"
 
 
 def _files(directory: str, *, shards: bool) -> Iterator[os.DirEntry[str]]:

@@ -15,11 +15,14 @@ sid):
 Every step is a single command or a single Lua script, so Redis applies it whole or not at
 all, and a holder that lost its lock is caught in the same atomic step as its write:
 
-- reading with the lock is one script: ``SET lock token NX PX lease``, then ``GET`` the
-  session; if the session does not exist the lock is dropped again at once;
+- reading with the lock is one script: if the session exists and the lock is free (or
+  already this request's), ``SET lock token PX lease`` and ``GET`` the session; a missing
+  session takes no lock;
 - saving a changed session is one script: check that the lock still holds this request's
-  token, ``SET session blob XX PX ttl`` (``XX``: a session deleted meanwhile is never
-  resurrected) and delete the lock. A request whose lease ran out writes nothing;
+  token, delete it, and ``SET session blob XX PX ttl`` (``XX``: a session deleted meanwhile
+  is never resurrected). A request whose lease ran out writes nothing, and
+  :meth:`~flask_dill_session.stores.base.Entry.write` raises ``StoreUnavailableError``
+  (HTTP 503: the change was not saved);
 - an unchanged session is refreshed by ``PEXPIRE`` and the lock deleted, in one script;
 - a new session is created by ``SET session blob NX PX ttl`` and needs no lock.
 
@@ -43,11 +46,21 @@ server (after it started, or after ``SCRIPT FLUSH``), redis-py loads the script:
 extra round trips, once.
 
 Deletes (logout, ``regenerate``, an emptied session) apply even when the lease was lost:
-ending a session must not depend on a lock. Redis errors (unreachable, timed out, an
-error reply) are logged with their cause on the ``flask_dill_session`` logger and raised
-as :class:`~flask_dill_session.exc.StoreUnavailableError`, answered as HTTP 503. Give the
-client ``socket_timeout`` and ``socket_connect_timeout`` so that a stalled Redis cannot
-hang requests.
+ending a session must not depend on a lock. Every exception of the client (unreachable,
+timed out, an error reply, ``RedisClusterException``, ...) is raised as
+:class:`~flask_dill_session.exc.StoreUnavailableError` naming its cause and the server's
+address, answered as HTTP 503. Give the client ``socket_timeout`` and
+``socket_connect_timeout`` so that a stalled Redis cannot hang requests.
+
+Deadlines. A command the client gave up on (its ``socket_timeout`` passed) may still reach
+Redis later, for instance once a stalled server runs again. So the lock-and-read and the
+write scripts carry the instant the client gives up, ``socket_timeout`` after sending,
+and compare it with the server's ``TIME``: past it, the first takes no lock and the
+second writes nothing (and releases the lock), so a stall leaves no lock behind for the
+rest of a lease. The instant is sent in the server's clock: every reply of these scripts
+carries ``TIME``, from which the store learns the offset between the two clocks; a
+refusal that reaches the client in time (so due to the offset, not to a stall) is retried
+once with the offset just learned.
 """
 
 from __future__ import annotations
@@ -55,43 +68,89 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import redis
+import redis.exceptions
+from redis.commands.core import Script
 from redis.lock import Lock
 
+from ..config import DEFAULTS, Settings
 from ..exc import ConfigError, LockTimeoutError, StoreUnavailableError
 from .base import Entry, Store, fingerprint, quarantine_name
 
 logger = logging.getLogger("flask_dill_session")
 
-# KEYS: session, lock. ARGV: token, lease (ms).
-# Returns 0 when the lock is busy; else the blob (lock kept) or nil (no session, no lock).
-_OPEN = """
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return 0
-end
-if redis.call('TYPE', KEYS[1]).ok == 'string' then
-    return redis.call('GET', KEYS[1])
-end
-redis.call('DEL', KEYS[2])
-return false
+#: Every exception the client raises: ``RedisError`` and the rest of redis-py's exception
+#: classes, some of which are not ``RedisError`` (``RedisClusterException``, ...), and
+#: ``OSError`` from below it.
+CLIENT_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    *(
+        cls
+        for cls in vars(redis.exceptions).values()
+        if isinstance(cls, type)
+        and issubclass(cls, Exception)
+        and cls.__module__ == "redis.exceptions"
+    ),
+)
+
+# Replies of the scripts that carry a deadline: {status, server time (ms), ...}.
+_LATE = -2  # past the deadline: nothing done (and the lock released if ours)
+_LOST = -1  # the lock is no longer ours: nothing written
+_BUSY = 0  # _OPEN: held by another request
+_GONE = 0  # _WRITE: the session was deleted meanwhile, nothing written
+_DONE = 1  # _OPEN: locked, the blob follows; _WRITE: written
+_ABSENT = 2  # _OPEN: no such session, no lock taken
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: session, lock. ARGV: token, blob, ttl (ms).
-# Returns -1 when the lock is no longer ours (nothing written), 0 when the session is
-# gone (nothing written), 1 when written. The lock is released either way if ours.
-_WRITE = """
+# KEYS: session, lock. ARGV: token, lease (ms), deadline (ms in the server's clock; 0: none).
+# The lock may already hold this token: a copy of this call the client sent before.
+_OPEN = (
+    _NOW
+    + """
+if ARGV[3] ~= '0' and now > tonumber(ARGV[3]) then
+    return {-2, now}
+end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then
+    return {0, now}
+end
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then
+    if holder then
+        redis.call('DEL', KEYS[2])
+    end
+    return {2, now}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {1, now, redis.call('GET', KEYS[1])}
+"""
+)
+
+# KEYS: session, lock. ARGV: token, blob, ttl (ms), deadline (as for _OPEN).
+# Releases the lock if ours, then writes unless past the deadline or the session is gone.
+_WRITE = (
+    _NOW
+    + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-    return -1
+    return {-1, now}
 end
 redis.call('DEL', KEYS[2])
-if redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then
-    return 1
+if ARGV[4] ~= '0' and now > tonumber(ARGV[4]) then
+    return {-2, now}
 end
-return 0
+if redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then
+    return {1, now}
+end
+return {0, now}
 """
+)
 
 # KEYS: session, lock. ARGV: token, ttl (ms). Refresh the expiry, release the lock if ours.
 _TOUCH = """
@@ -131,6 +190,34 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+class ServerClock:
+    """Deadlines in the Redis server's clock: ours, plus an offset learned from its replies.
+
+    *timeout* is the client's ``socket_timeout`` (``None``: it never gives up, and calls
+    carry no deadline).
+    """
+
+    def __init__(self, timeout: float | None, now: Callable[[], float] = time.time) -> None:
+        self.timeout = timeout
+        self.now = now
+        self.offset = 0.0  # seconds the server's clock is ahead of ours
+
+    def deadline(self, sent: float) -> int:
+        """The server-clock instant (ms) a call sent at *sent* is given up; 0 for never."""
+        if self.timeout is None:
+            return 0
+        return math.floor((sent + self.offset + self.timeout) * 1000)
+
+    def learn(self, server_ms: int, sent: float, received: float) -> None:
+        """Take the offset from a reply, if its round trip was short enough to tell it."""
+        if self.timeout is not None and received - sent < self.timeout / 4:
+            self.offset = server_ms / 1000 - (sent + received) / 2
+
+    def in_time(self, sent: float, received: float) -> bool:
+        """Whether a reply came before the client would have given up on it."""
+        return self.timeout is None or received - sent < self.timeout
+
+
 def describe(client: redis.Redis) -> str:
     """Where *client* connects, for log lines: ``host:port/db`` or the socket path."""
     kwargs = client.connection_pool.connection_kwargs
@@ -153,8 +240,8 @@ class RedisStore(Store):
         self,
         client: redis.Redis,
         *,
-        lock_timeout: float = 10.0,
-        lock_lease: float = 60.0,
+        lock_timeout: float = DEFAULTS.lock_timeout,
+        lock_lease: float = DEFAULTS.lock_lease,
         lock_poll: float = 0.01,
         lock_prefix: str = "lock:",
         quarantine_prefix: str = "quarantine:",
@@ -173,11 +260,41 @@ class RedisStore(Store):
         self.lock_prefix = lock_prefix
         self.quarantine_prefix = quarantine_prefix
         self.address = describe(client)
+        self.server_clock = ServerClock(
+            client.connection_pool.connection_kwargs.get("socket_timeout")
+        )
         self.open_script = client.register_script(_OPEN)
         self.write_script = client.register_script(_WRITE)
         self.touch_script = client.register_script(_TOUCH)
         self.delete_script = client.register_script(_DELETE)
         self.quarantine_script = client.register_script(_QUARANTINE)
+
+    @classmethod
+    def from_config(cls, settings: Settings, config: Mapping[str, Any]) -> RedisStore:
+        """``SESSION_REDIS`` must be a :class:`redis.Redis` client: no default host."""
+        client = config.get("SESSION_REDIS")
+        if not isinstance(client, redis.Redis):
+            raise ConfigError(
+                "SESSION_REDIS must be a redis.Redis client when SESSION_DILL_BACKEND is"
+                ' "redis" (no default host is assumed), e.g. redis.Redis.from_url(url,'
+                f" socket_timeout=2, socket_connect_timeout=2); got {type(client).__name__}"
+            )
+        try:
+            store = cls(
+                client,
+                lock_timeout=settings.lock_timeout,
+                lock_lease=settings.lock_lease,
+                quarantine_prefix=f"quarantine:{settings.key_prefix}",
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"SESSION_REDIS: {exc}") from None
+        if client.connection_pool.connection_kwargs.get("socket_timeout") is None:
+            logger.warning(
+                "SESSION_REDIS has no socket_timeout: requests will hang while Redis at %s"
+                " does not answer; give the client socket_timeout and socket_connect_timeout",
+                store.address,
+            )
+        return store
 
     def lock_key(self, key: str) -> str:
         return self.lock_prefix + key
@@ -209,29 +326,52 @@ class RedisStore(Store):
         """Nothing to do: Redis expires idle sessions, old locks and quarantine by TTL."""
         return 0
 
+    def run(self, script: Script, keys: list[str], args: list[Any], *, retry: bool) -> Any:
+        """Call a script that takes a deadline (appended to *args*), learning the server's
+        clock from its reply; if refused as late while in time, *retry* once."""
+        for _ in range(2 if retry else 1):
+            sent = self.server_clock.now()
+            reply = script(keys=keys, args=[*args, self.server_clock.deadline(sent)])
+            received = self.server_clock.now()
+            self.server_clock.learn(int(reply[1]), sent, received)
+            if reply[0] != _LATE or not self.server_clock.in_time(sent, received):
+                break
+        return reply
+
     @contextlib.contextmanager
     def errors(self, action: str) -> Iterator[None]:
-        """Turn a Redis failure into :class:`StoreUnavailableError`, logging its cause."""
+        """Raise any exception of the client as :class:`StoreUnavailableError` (the one place
+        it is), naming its cause and this server."""
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            logger.error(
-                "session store unavailable: Redis at %s did not answer while %s: %s: %s",
-                self.address,
-                action,
-                type(exc).__name__,
-                exc,
-            )
-            raise StoreUnavailableError("session store unavailable, try again shortly") from exc
-        except redis.RedisError as exc:
-            logger.error(
-                "session store error: Redis at %s failed while %s: %s: %s",
-                self.address,
-                action,
-                type(exc).__name__,
-                exc,
-            )
-            raise StoreUnavailableError("session store unavailable, try again shortly") from exc
+        except CLIENT_ERRORS as exc:
+            detail = str(exc)
+            raise self.unavailable(
+                action, f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+            ) from exc
+
+    def unavailable(self, action: str, cause: str) -> StoreUnavailableError:
+        """The error for *cause*, met while *action*."""
+        return StoreUnavailableError(
+            f"session store unavailable: {cause} while {action} (Redis at {self.address})",
+            cause=cause,
+            where=self.address,
+        )
+
+    def lease_lost(self, key: str) -> StoreUnavailableError:
+        """The error for a write refused because the lock's lease ran out first."""
+        return StoreUnavailableError(
+            f"session {fingerprint(key)} not saved: its lock lease ({self.lock_lease:g} s) ran"
+            " out before the request ended, and another request may have changed it since"
+            f" (Redis at {self.address})",
+            cause="lock lease ran out",
+            where=self.address,
+        )
+
+    def late(self, action: str) -> StoreUnavailableError:
+        """The error for a call Redis ran after the client's deadline (so refused)."""
+        timeout = self.server_clock.timeout
+        return self.unavailable(action, f"Redis answered after the socket timeout ({timeout} s)")
 
 
 class _SessionLock(Lock):
@@ -246,16 +386,21 @@ class _SessionLock(Lock):
             blocking_timeout=store.lock_timeout,
             thread_local=False,  # the entry belongs to one request, not to a thread
         )
+        self.store = store
         self.key = key
         self.lease_ms = _ms(store.lock_lease)
-        self.script = store.open_script
         self.blob: bytes | None = None
 
     def do_acquire(self, token: str) -> bool:
-        result = self.script(keys=[self.key, self.name], args=[token, self.lease_ms])
-        if isinstance(result, int):
+        store = self.store
+        reply = store.run(
+            store.open_script, [self.key, self.name], [token, self.lease_ms], retry=True
+        )
+        if reply[0] == _LATE:
+            raise store.late("locking and reading a session")
+        if reply[0] == _BUSY:
             return False  # held by another request
-        self.blob = result if isinstance(result, bytes) else None
+        self.blob = reply[2] if reply[0] == _DONE else None
         return True
 
 
@@ -289,57 +434,66 @@ class _RedisEntry(Entry):
             self._lock = None
 
     def write(self, blob: bytes, ttl: float) -> bool:
+        try:
+            with self.store.errors("writing a session"):
+                status = self._write(blob, ttl)
+        finally:
+            self._released()  # released by the script; if it failed, by the lease
+        if status == _LOST:
+            raise self.store.lease_lost(self.key)
+        if status == _LATE:
+            raise self.store.late("writing a session")
+        return status == _DONE
+
+    def _write(self, blob: bytes, ttl: float) -> int:
         client = self.store.client
-        with self.store.errors("writing a session"):
-            if self.blob is None:
-                return bool(client.set(self.key, blob, nx=True, px=_ms(ttl)))
-            token = self._token
-            if token is None and not self._locked:
-                return bool(client.set(self.key, blob, xx=True, px=_ms(ttl)))
-            status = -1
-            if token is not None:
-                status = self.store.write_script(keys=self._keys(), args=[token, blob, _ms(ttl)])
-        self._released()
-        if status == -1:
-            logger.warning(
-                "session %s not saved: its lock lease (%g s) ran out before the request"
-                " ended, and another request may have changed it since",
-                fingerprint(self.key),
-                self.store.lock_lease,
-            )
-        return bool(status == 1)
+        if self.blob is None:
+            return _DONE if client.set(self.key, blob, nx=True, px=_ms(ttl)) else _GONE
+        token = self._token
+        if token is None:
+            if self._locked:
+                return _LOST  # the lock was released already
+            return _DONE if client.set(self.key, blob, xx=True, px=_ms(ttl)) else _GONE
+        script, args = self.store.write_script, [token, blob, _ms(ttl)]
+        return int(self.store.run(script, self._keys(), args, retry=False)[0])
 
     def touch(self, ttl: float) -> None:
         if self.blob is None:
             return
-        with self.store.errors("refreshing a session's expiry"):
-            token = self._token
-            if token is None:
-                self.store.client.pexpire(self.key, _ms(ttl))
-            else:
-                self.store.touch_script(keys=self._keys(), args=[token, _ms(ttl)])
-        self._released()
+        try:
+            with self.store.errors("refreshing a session's expiry"):
+                token = self._token
+                if token is None:
+                    self.store.client.pexpire(self.key, _ms(ttl))
+                else:
+                    self.store.touch_script(keys=self._keys(), args=[token, _ms(ttl)])
+        finally:
+            self._released()
 
     def delete(self) -> None:
         if self.blob is None:
             return
-        with self.store.errors("deleting a session"):
-            token = self._token
-            if token is None:
-                self.store.client.delete(self.key)
-            else:
-                self.store.delete_script(keys=self._keys(), args=[token])
-        self._released()
+        try:
+            with self.store.errors("deleting a session"):
+                token = self._token
+                if token is None:
+                    self.store.client.delete(self.key)
+                else:
+                    self.store.delete_script(keys=self._keys(), args=[token])
+        finally:
+            self._released()
 
     def quarantine(self, ttl: float) -> None:
         if self.blob is None:
             return
         target = self.store.quarantine_prefix + quarantine_name(self.key, self.blob)
-        with self.store.errors("quarantining a session"):
-            self.store.quarantine_script(
-                keys=[*self._keys(), target], args=[self._token or b"", self.blob, _ms(ttl)]
-            )
-        self._released()
+        try:
+            with self.store.errors("quarantining a session"):
+                self.store.quarantine_script(
+                    keys=[*self._keys(), target], args=[self._token or b"", self.blob, _ms(ttl)]
+                )
+        finally:
+            self._released()
 
     def copy_to_quarantine(self, ttl: float) -> None:
         if self.blob is None:
@@ -361,7 +515,7 @@ class _RedisEntry(Entry):
                 fingerprint(self.key),
                 self.store.lock_lease,
             )
-        except redis.RedisError as exc:
+        except CLIENT_ERRORS as exc:
             logger.error(
                 "session %s: lock not released (it ends with its lease): Redis at %s: %s: %s",
                 fingerprint(self.key),
