@@ -19,6 +19,7 @@ from functools import partial
 from flask import Flask, Request, Response, after_this_request, current_app
 from flask.globals import request_ctx
 from flask.sessions import SessionInterface, SessionMixin
+from werkzeug.http import dump_cookie
 
 from .codec import Codec, Meta
 from .config import DEFAULTS, Settings
@@ -35,6 +36,7 @@ logger = logging.getLogger("flask_dill_session")
 
 _SID_CHARSET = re.compile(r"[A-Za-z0-9_-]+")
 _DEGRADED_LOG_EVERY = 60.0  # seconds between "serving reads only" warnings
+_COOKIE_HEADERS_KEPT = 4096  # Set-Cookie headers remembered, for requests within a second
 
 
 class DillSessionInterface(SessionInterface):
@@ -64,6 +66,7 @@ class DillSessionInterface(SessionInterface):
         self._sid_chars = len(secrets.token_urlsafe(settings.sid_length))
         self._foreign_logged: set[str] = set()
         self._degraded_logged = -_DEGRADED_LOG_EVERY
+        self._cookie_headers: dict[tuple[object, ...], str] = {}
 
     # -- hooks -----------------------------------------------------------------
 
@@ -341,7 +344,10 @@ class DillSessionInterface(SessionInterface):
         if entry is None or session.new or limit is None:
             return
         if entry.strikes + 1 < limit:
-            entry.strike(self.idle_lifetime(app))
+            try:
+                entry.strike(self.idle_lifetime(app))
+            except SessionUnavailableError as exc:  # the answer stays the failure's own
+                self._report(exc, session, saving=True)
             return
         self._quarantine(
             entry, f"{limit} requests in a row that used it ended in an unhandled exception"
@@ -369,17 +375,38 @@ class DillSessionInterface(SessionInterface):
 
     def _set_cookie(self, app: Flask, session: DillSession, response: Response) -> None:
         assert session.sid is not None
-        response.set_cookie(
+        expires = self.get_expiration_time(app, session)
+        attributes = (
             self.get_cookie_name(app),
-            session.sid,
-            expires=self.get_expiration_time(app, session),
-            httponly=self.get_cookie_httponly(app),
-            domain=self.get_cookie_domain(app),
-            path=self.get_cookie_path(app),
-            secure=self.get_cookie_secure(app),
-            samesite=self.get_cookie_samesite(app),
-            partitioned=self.get_cookie_partitioned(app),
+            self.get_cookie_domain(app),
+            self.get_cookie_path(app),
+            self.get_cookie_secure(app),
+            self.get_cookie_httponly(app),
+            self.get_cookie_samesite(app),
+            self.get_cookie_partitioned(app),
         )
+        # Expires has whole seconds: the requests of one session within a second (a page
+        # and its XHRs, a burst) send the same header, so it is built once.
+        key = (session.sid, None if expires is None else int(expires.timestamp()), attributes)
+        header = self._cookie_headers.get(key)
+        if header is None:
+            name, domain, path, secure, httponly, samesite, partitioned = attributes
+            header = dump_cookie(
+                name,
+                session.sid,
+                expires=expires,
+                domain=domain,
+                path=path,
+                secure=secure,
+                httponly=httponly,
+                samesite=samesite,
+                partitioned=partitioned,
+                max_size=response.max_cookie_size,
+            )
+            if len(self._cookie_headers) >= _COOKIE_HEADERS_KEPT:
+                self._cookie_headers.clear()
+            self._cookie_headers[key] = header
+        response.headers.add("Set-Cookie", header)
 
     def _delete_cookie(self, app: Flask, response: Response) -> None:
         response.delete_cookie(

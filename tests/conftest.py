@@ -10,7 +10,7 @@ from flask import Flask
 
 from flask_dill_session import Session
 
-from .support import RedisServer, redis_binary
+from .support import MountError, RedisServer, Tmpfs, redis_binary
 
 AppFactory = Callable[..., Flask]
 
@@ -49,3 +49,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Tmpfs]:
+    """A 64 KiB tmpfs of this test alone; unmounting it also checks no file was left open."""
+    try:
+        mount = Tmpfs(tmp_path / "mnt")
+    except MountError as exc:
+        if os.environ.get("FDS_REQUIRE_MOUNT") == "1":
+            pytest.fail(f"FDS_REQUIRE_MOUNT=1 but a tmpfs cannot be mounted: {exc}")
+        pytest.skip(f"a tmpfs cannot be mounted here ({exc}); FDS_REQUIRE_MOUNT=1 fails instead")
+    yield mount
+    mount.unmount()

@@ -34,7 +34,7 @@ from flask_dill_session.stores.filesystem import FileSystemStore, frame, last_re
 from flask_dill_session.stores.redis import RedisStore
 
 from .apps.redis_app import redis_client
-from .support import MountError, RedisServer, Tmpfs, filesystem_store, free_port, interface
+from .support import RedisServer, Tmpfs, filesystem_store, free_port, interface
 
 AppFactory = Callable[..., Flask]
 
@@ -46,19 +46,6 @@ PAGE = 4096
 
 
 # -- fixtures and helpers --------------------------------------------------------------------
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Tmpfs]:
-    """A 64 KiB tmpfs of this test alone; unmounting it also checks no file was left open."""
-    try:
-        mount = Tmpfs(tmp_path / "mnt")
-    except MountError as exc:
-        if os.environ.get("FDS_REQUIRE_MOUNT") == "1":
-            pytest.fail(f"FDS_REQUIRE_MOUNT=1 but a tmpfs cannot be mounted: {exc}")
-        pytest.skip(f"a tmpfs cannot be mounted here ({exc}); FDS_REQUIRE_MOUNT=1 fails instead")
-    yield mount
-    mount.unmount()
 
 
 def put(store: FileSystemStore, key: str, blob: bytes) -> None:

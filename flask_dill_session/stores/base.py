@@ -16,12 +16,12 @@ these failures: the caller logs one line. Besides:
 
 - :meth:`Store.open` raises :class:`~flask_dill_session.exc.LockTimeoutError` when
   another request holds the lock past the lock timeout;
-- :meth:`Entry.write` raises ``StoreUnavailableError`` when the lock's lease ran out before
-  the write (nothing is written: another request may hold the session now); it returns
-  ``False`` only when the session was deleted meanwhile;
+- :meth:`Entry.write` and :meth:`Entry.strike` raise ``StoreUnavailableError`` when the
+  lock's lease ran out before them (nothing is written: another request may hold the
+  session now); ``write`` returns ``False`` only when the session was deleted meanwhile;
 - an entry opened with ``degraded`` set (the store can be read but not written) serves its
   blob, skips :meth:`Entry.touch`, and raises ``StoreUnavailableError`` from every other
-  change;
+  change (``write``, ``strike``, ``delete``, ``quarantine``);
 - :meth:`Entry.release` never raises.
 """
 
@@ -52,6 +52,14 @@ class Entry(ABC):
     ``blob`` is the stored bytes, or ``None`` when the key is absent or expired. An entry
     opened for an existing key updates it only while it still exists (a session deleted
     meanwhile is never resurrected); an entry made by :meth:`Store.new` only creates.
+
+    ``strikes`` counts the consecutive failed requests recorded for the session by
+    :meth:`strike`. :meth:`Store.open` reads it together with the blob, in the same I/O or
+    round trip. It is 0 for a new or absent session, and a successful :meth:`write` or
+    :meth:`touch` resets it to 0, at no extra cost when it is 0 already. A store may not
+    keep strikes at all (the cachelib store: no atomic read-modify-write in its API, and a
+    second cache key would cost a round trip on every request); its ``strikes`` stays 0
+    and :meth:`strike` does nothing.
     """
 
     key: str
@@ -65,18 +73,13 @@ class Entry(ABC):
     degraded: bool = False
     #: Why the entry is degraded (its ``cause`` and ``where``), for the log; else ``None``.
     fault: StoreUnavailableError | None = None
-    #: Requests in a row that used this session and ended in an unhandled exception, read
-    #: with the blob; a successful ``write`` or ``touch`` sets it back to 0.
+    #: How many consecutive failed requests are recorded for this session (see above).
     strikes: int = 0
-
-    def strike(self, ttl: float) -> None:
-        """Record one more failed request (``strikes + 1``) without changing the blob,
-        keeping the session *ttl* seconds; a store that keeps no count does nothing."""
-        return None
 
     @abstractmethod
     def write(self, blob: bytes, ttl: float) -> bool:
-        """Store *blob*, expiring *ttl* seconds from now; ``False`` if the key is gone.
+        """Store *blob*, expiring *ttl* seconds from now, with no strikes; ``False`` if the
+        key is gone.
 
         Raises ``StoreUnavailableError`` when nothing could be written, including when the
         lock's lease ran out first.
@@ -84,7 +87,19 @@ class Entry(ABC):
 
     @abstractmethod
     def touch(self, ttl: float) -> None:
-        """Move the expiry to *ttl* seconds from now without rewriting the blob."""
+        """Move the expiry to *ttl* seconds from now without rewriting the blob, and reset
+        the strikes."""
+
+    def strike(self, ttl: float) -> None:
+        """Record one more failed request (the stored count becomes ``strikes + 1``) without
+        changing the blob, and move the expiry to *ttl* seconds from now.
+
+        Like :meth:`write` and :meth:`touch`, it ends the entry's use (a store that releases
+        the lock in the same step does so). It does nothing for an absent session or one
+        deleted meanwhile (never resurrected). Raises ``StoreUnavailableError`` as other
+        changes do. This default keeps no count: a store without strikes inherits it.
+        """
+        return None
 
     @abstractmethod
     def delete(self) -> None:

@@ -11,7 +11,10 @@ What the generic cache API cannot give, and so this store does not do:
   session's expiry rewrites the same bytes (only after checking that they are still the
   ones this request read, so a read-only request does not undo a concurrent change);
 - updates of an existing session and quarantine check, then act, in two steps (``has``
-  then ``set``), not atomically.
+  then ``set``), not atomically;
+- **no strikes**: ``strikes`` stays 0 and :meth:`~.base.Entry.strike` does nothing.
+  Counting failed requests needs an atomic read-modify-write, which ``BaseCache`` lacks,
+  and a count under a second cache key would cost one more round trip on every request.
 
 The cache serializes values itself: most cachelib caches (``FileSystemCache``,
 ``RedisCache``, ``MongoDbCache``, ...) pickle what they store and unpickle it on read,

@@ -12,6 +12,13 @@ and has no locks. Here:
   it over the old one, so the rename cost is paid once per many writes;
 - a touch is one ``utime`` (skipped when the deadline moved less than a second ago); a
   read is one ``open`` + ``fstat`` + ``pread``;
+- a failed request (:meth:`~.base.Entry.strike`) appends a strike record: a record of its
+  own magic, framed and checksummed like a data record, whose payload is the count of
+  consecutive failures, and sets the mtime. The count read is that of the newest intact
+  strike record after the newest intact data record (0 if none), so a write resets it by
+  appending its data record, and a touch appends a strike record of 0 only when the count
+  is not 0 already. Compaction keeps the blob alone (and the new count, when a strike
+  compacts); files without strike records read as before;
 - the per-session lock is an ``flock`` on the session's own file (released by the kernel
   if the process dies, and no lock file is left behind);
 - file names are a hash of the store key, never cookie text; files are 0600 in 0700
@@ -56,8 +63,10 @@ from ..config import DEFAULTS, Settings
 from ..exc import LockTimeoutError, StoreUnavailableError
 from .base import Entry, Store, fingerprint
 
-_MAGIC = b"\xfd\x53"
-_RECORD = struct.Struct("<2sIId")  # magic, length, crc32(deadline + blob), deadline
+_MAGIC = b"\xfd\x53"  # a data record: the blob
+_STRIKES = b"\xfd\x54"  # a strike record: failed requests since the data record before it
+_RECORD = struct.Struct("<2sIId")  # magic, length, crc32(deadline + payload), deadline
+_COUNT = struct.Struct("<I")  # the payload of a strike record
 _DEADLINE = struct.Struct("<d")
 _HEAD = struct.Struct("<2sI")  # the start of a record: magic, length
 _STAMPED = _RECORD.size - _DEADLINE.size  # where the checksummed bytes of a record begin
@@ -74,36 +83,55 @@ _CREATE_GRACE = 10.0  # seconds; an empty file younger than this may be a create
 
 
 def frame(blob: bytes, deadline: float) -> bytes:
-    """One record: header and blob, checksummed so a torn write is detected."""
+    """One data record: header and blob, checksummed so a torn write is detected."""
+    return _framed(_MAGIC, blob, deadline)
+
+
+def strike_frame(count: int, deadline: float) -> bytes:
+    """One strike record: *count* failed requests since the data record before it, and the
+    expiry the strike set (which the file's mtime carries)."""
+    return _framed(_STRIKES, _COUNT.pack(min(count, 0xFFFFFFFF)), deadline)
+
+
+def _framed(magic: bytes, payload: bytes, deadline: float) -> bytes:
     stamp = _DEADLINE.pack(deadline)
-    crc = zlib.crc32(blob, zlib.crc32(stamp))
-    return _RECORD.pack(_MAGIC, len(blob), crc, deadline) + blob
+    crc = zlib.crc32(payload, zlib.crc32(stamp))
+    return _RECORD.pack(magic, len(payload), crc, deadline) + payload
 
 
 def last_record(data: bytes) -> tuple[bytes | None, float]:
-    """The newest intact record's blob and deadline, or ``(None, 0.0)``."""
-    blob, deadline, _ = _parse(data)
+    """The newest intact data record's blob and deadline, or ``(None, 0.0)``."""
+    blob, deadline, _, _ = _parse(data)
     return blob, deadline
 
 
-def _parse(data: bytes) -> tuple[bytes | None, float, int]:
-    """:func:`last_record`, and the offset where that record ends (0 if there is none)."""
+def _parse(data: bytes) -> tuple[bytes | None, float, int, int]:
+    """:func:`last_record`; the offset where the newest intact record of either kind ends
+    (0 if there is no data record); and the strikes: the count of the newest intact strike
+    record after the data record, 0 if none. Torn records of either kind are skipped."""
     starts: list[int] = []
     keep = starts.append
     pos, end, size, unpack = 0, len(data), _RECORD.size, _HEAD.unpack_from
+    blob_magic, strike_magic = _MAGIC, _STRIKES
     while pos + size <= end:  # walk the headers; check only the newest records' CRCs
         magic, length = unpack(data, pos)
-        if magic != _MAGIC or pos + size + length > end:
+        if (magic != blob_magic and magic != strike_magic) or pos + size + length > end:
             break
         keep(pos)
         pos += size + length
     view = memoryview(data)
+    stop, strikes = 0, -1
     for pos in reversed(starts):
-        _, length, crc, deadline = _RECORD.unpack_from(data, pos)
-        stop = pos + size + length
-        if zlib.crc32(view[pos + _STAMPED : stop]) == crc:  # the deadline, then the blob
-            return data[pos + size : stop], deadline, stop
-    return None, 0.0, 0
+        magic, length, crc, deadline = _RECORD.unpack_from(data, pos)
+        after = pos + size + length
+        if zlib.crc32(view[pos + _STAMPED : after]) != crc:  # the deadline, then the payload
+            continue
+        if magic == blob_magic:
+            return data[pos + size : after], deadline, stop or after, max(strikes, 0)
+        stop = stop or after
+        if strikes < 0 and length == _COUNT.size:
+            strikes = _COUNT.unpack_from(data, pos + size)[0]
+    return None, 0.0, 0, 0
 
 
 class FileSystemStore(Store):
@@ -219,7 +247,7 @@ class FileSystemStore(Store):
         denied: OSError | None,
     ) -> Entry:
         """The entry for the bytes *data* read from *fd*, which it then owns."""
-        blob, deadline, stop = _parse(data)
+        blob, deadline, stop, strikes = _parse(data)
         damage = None if blob is not None else _damage(data, mtime)
         expired = blob is not None and max(deadline, mtime) <= self.clock()
         if expired or (blob is None and damage is None):
@@ -231,6 +259,7 @@ class FileSystemStore(Store):
             return self.new(key)
         entry = _FileEntry(self, key, path, fd, blob, len(data), locked=locked)
         entry.expires = max(deadline, mtime)
+        entry.strikes = strikes
         # Bytes after the newest intact record (a torn append), or no record at all: a
         # record appended after them could never be found, so the next write compacts.
         entry.torn = stop != len(data)
@@ -357,7 +386,7 @@ class _FileEntry(Entry):
                 return self._create(record, deadline)
             if not self._locked and os.fstat(self._fd).st_nlink == 0:
                 return False  # deleted by another request: do not resurrect
-            if self.torn or self._size + len(record) > max(_COMPACT_AT, 4 * len(record)):
+            if self._outgrows(len(record), len(record)):
                 return self._compact(record, deadline)
             self._append(self._fd, record)
             self._finish(self._fd, deadline)
@@ -367,10 +396,21 @@ class _FileEntry(Entry):
         if self._fd is None or self.degraded:
             return
         deadline = self.store.clock() + ttl
+        if self.strikes:
+            self._mark(0, deadline, "refreshing a session's expiry")
+            return
         if 0.0 <= deadline - self.expires < _TOUCH_STEP:
             return  # refreshed less than a second ago: a burst of requests, one utime
         with self.store.errors("refreshing a session's expiry", self.path):
             os.utime(self._fd, (deadline, deadline))
+
+    def strike(self, ttl: float) -> None:
+        """Append a strike record of ``strikes + 1`` and set the mtime; the interface then
+        calls :meth:`release`. An unlinked file (deleted meanwhile) stays unlinked."""
+        if self._fd is None or self.blob is None:
+            return
+        self._check_writable("recording a failed request")
+        self._mark(self.strikes + 1, self.store.clock() + ttl, "recording a failed request")
 
     def delete(self) -> None:
         if self._fd is not None:
@@ -405,6 +445,28 @@ class _FileEntry(Entry):
         """Raise, for *action*, the error that refused writing if the entry is read-only."""
         if self.denied is not None:
             raise self.store.unavailable(action, self.denied, self.path) from self.denied
+
+    def _outgrows(self, extra: int, record: int) -> bool:
+        """Whether to compact rather than append *extra* bytes: the file is torn, or would
+        outgrow both ``_COMPACT_AT`` and four data records of *record* bytes."""
+        return self.torn or self._size + extra > max(_COMPACT_AT, 4 * record)
+
+    def _mark(self, count: int, deadline: float, action: str) -> None:
+        """Record *count* strikes and move the expiry to *deadline*, for *action*: append a
+        strike record, or compact to the blob and (if *count*) that record. A file unlinked
+        meanwhile is appended to harmlessly, never replaced."""
+        assert self._fd is not None and self.blob is not None
+        record = strike_frame(count, deadline)
+        with self.store.errors(action, self.path):
+            if self._outgrows(len(record), _RECORD.size + len(self.blob)):
+                if os.fstat(self._fd).st_nlink == 0:
+                    return
+                data = frame(self.blob, deadline)
+                self._compact(data + record if count else data, deadline)
+            else:
+                self._append(self._fd, record)
+                self._finish(self._fd, deadline)
+        self.strikes = count
 
     def _append(self, fd: int, record: bytes) -> None:
         """Append *record*; if that fails, cut off what was written of it (under the lock:

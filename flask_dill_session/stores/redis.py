@@ -7,6 +7,10 @@ sid):
   so Redis itself forgets idle sessions (:meth:`RedisStore.cleanup` has nothing to do);
 - ``lock:session:<sid>`` is the per-session lock of :class:`redis.lock.Lock`: a random
   token with a ``PX`` TTL of the lease, so a holder that died frees it when the lease ends;
+- ``strikes:session:<sid>`` counts the consecutive failed requests of the session
+  (:meth:`~flask_dill_session.stores.base.Entry.strike`), with the session's TTL. It exists
+  only while the count is not 0: a write or a touch deletes it (in the same round trip,
+  and only when the count read was not 0), and so do delete and quarantine;
 - ``quarantine:session:<fingerprint>:<blob hash>`` is a blob that failed to load, moved
   there by ``RENAME`` and kept with its own TTL. ``<fingerprint>`` is what the warning in
   the log names (the first 12 hex digits of SHA-256 of the store key), so
@@ -16,14 +20,18 @@ Every step is a single command or a single Lua script, so Redis applies it whole
 all, and a holder that lost its lock is caught in the same atomic step as its write:
 
 - reading with the lock is one script: if the session exists and the lock is free (or
-  already this request's), ``SET lock token PX lease`` and ``GET`` the session; a missing
-  session takes no lock;
+  already this request's), ``SET lock token PX lease`` and ``GET`` the session and its
+  strike count; a missing session takes no lock. Without the lock, one ``MGET`` of both;
 - saving a changed session is one script: check that the lock still holds this request's
   token, delete it, and ``SET session blob XX PX ttl`` (``XX``: a session deleted meanwhile
   is never resurrected). A request whose lease ran out writes nothing, and
   :meth:`~flask_dill_session.stores.base.Entry.write` raises ``StoreUnavailableError``
   (HTTP 503: the change was not saved);
 - an unchanged session is refreshed by ``PEXPIRE`` and the lock deleted, in one script;
+- a failed request is recorded by one script: check that the lock still holds this
+  request's token and delete it, then, if the session still exists, ``SET`` the strike
+  count and ``PEXPIRE`` the session (a request whose lease ran out records nothing and
+  raises ``StoreUnavailableError``);
 - a new session is created by ``SET session blob NX PX ttl`` and needs no lock.
 
 Round trips per request, with locking (``SESSION_DILL_LOCKING``, the default):
@@ -37,9 +45,12 @@ existing session, changed (read + write)         2
 existing session, unchanged (read + touch)       2
 unknown or expired id, new session written       2
 ``destroy`` / ``regenerate`` (read + delete)     2 (+1 to write the new id)
+failed request, strike recorded (read + strike)  2
 ===============================================  ===========
 
-Without locking the counts are the same (a plain ``GET``, ``SET XX PX`` or ``PEXPIRE``).
+Without locking the counts are the same (an ``MGET`` of the session and its strike count,
+``SET XX PX`` or ``PEXPIRE``; with strikes to reset, a write is a pipeline of ``SET XX PX``
+and ``DEL`` and a touch a script, still one round trip each).
 Waiting for a lock held by another request costs one more round trip per poll (every
 ``lock_poll`` seconds). The first time a process runs each of the Lua scripts against a
 server (after it started, or after ``SCRIPT FLUSH``), redis-py loads the script: two
@@ -97,12 +108,13 @@ CLIENT_ERRORS: tuple[type[Exception], ...] = (
     ),
 )
 
-# Replies of the scripts that carry a deadline: {status, server time (ms), ...}.
+# Replies of the scripts that carry a deadline: {status, server time (ms), ...}; of _STRIKE:
+# the status alone.
 _LATE = -2  # past the deadline: nothing done (and the lock released if ours)
 _LOST = -1  # the lock is no longer ours: nothing written
 _BUSY = 0  # _OPEN: held by another request
-_GONE = 0  # _WRITE: the session was deleted meanwhile, nothing written
-_DONE = 1  # _OPEN: locked, the blob follows; _WRITE: written
+_GONE = 0  # _WRITE, _STRIKE: the session was deleted meanwhile, nothing written
+_DONE = 1  # _OPEN: locked, the blob and the strike count follow; _WRITE, _STRIKE: written
 _ABSENT = 2  # _OPEN: no such session, no lock taken
 
 _NOW = """
@@ -110,8 +122,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: session, lock. ARGV: token, lease (ms), deadline (ms in the server's clock; 0: none).
-# The lock may already hold this token: a copy of this call the client sent before.
+# KEYS: session, lock, strikes. ARGV: token, lease (ms), deadline (ms in the server's clock;
+# 0: none). The lock may already hold this token: a copy of this call the client sent before.
+# A strike count that is not a number (or not a string) reads as 0.
 _OPEN = (
     _NOW
     + """
@@ -129,11 +142,12 @@ if redis.call('TYPE', KEYS[1]).ok ~= 'string' then
     return {2, now}
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return {1, now, redis.call('GET', KEYS[1])}
+return {1, now, redis.call('GET', KEYS[1]), tonumber(redis.pcall('GET', KEYS[3])) or 0}
 """
 )
 
-# KEYS: session, lock. ARGV: token, blob, ttl (ms), deadline (as for _OPEN).
+# KEYS: session, lock, strikes. ARGV: token, blob, ttl (ms), reset ('1': strikes were read,
+# delete them; '0': none), deadline (as for _OPEN).
 # Releases the lock if ours, then writes unless past the deadline or the session is gone.
 _WRITE = (
     _NOW
@@ -142,40 +156,68 @@ if redis.call('GET', KEYS[2]) ~= ARGV[1] then
     return {-1, now}
 end
 redis.call('DEL', KEYS[2])
-if ARGV[4] ~= '0' and now > tonumber(ARGV[4]) then
+if ARGV[5] ~= '0' and now > tonumber(ARGV[5]) then
     return {-2, now}
 end
 if redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then
+    if ARGV[4] ~= '0' then
+        redis.call('DEL', KEYS[3])
+    end
     return {1, now}
 end
 return {0, now}
 """
 )
 
-# KEYS: session, lock. ARGV: token, ttl (ms). Refresh the expiry, release the lock if ours.
+# KEYS: session, lock, strikes. ARGV: token ('' = none), ttl (ms), reset (as for _WRITE).
+# Refresh the expiry, reset the strikes if any were read, release the lock if ours.
 _TOUCH = """
-if redis.call('GET', KEYS[2]) == ARGV[1] then
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
     redis.call('DEL', KEYS[2])
+end
+if ARGV[3] ~= '0' then
+    redis.call('DEL', KEYS[3])
 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 
-# KEYS: session, lock. ARGV: token. Delete the session, release the lock if ours.
+# KEYS: session, lock, strikes. ARGV: token ('' = none), ttl (ms), count.
+# Unless the lock is no longer ours, release it and, if the session still exists, store
+# the count and move both expiries. Replies _LOST, _GONE or _DONE.
+_STRIKE = """
+if ARGV[1] ~= '' then
+    if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+        return -1
+    end
+    redis.call('DEL', KEYS[2])
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    return 0
+end
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: session, lock, strikes. ARGV: token. Delete the session and its strikes, release the
+# lock if ours.
 _DELETE = """
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
 if redis.call('GET', KEYS[2]) == ARGV[1] then
     redis.call('DEL', KEYS[2])
 end
 return 1
 """
 
-# KEYS: session, lock, quarantine. ARGV: token ('' = none), blob as read, ttl (ms).
-# Move the blob aside only if it is still the one that was read; release the lock if ours.
+# KEYS: session, lock, strikes, quarantine. ARGV: token ('' = none), blob as read, ttl (ms).
+# Move the blob aside (dropping its strikes) only if it is still the one that was read;
+# release the lock if ours.
 _QUARANTINE = """
 local moved = 0
 if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) == ARGV[2] then
-    redis.call('RENAME', KEYS[1], KEYS[3])
-    redis.call('PEXPIRE', KEYS[3], ARGV[3])
+    redis.call('RENAME', KEYS[1], KEYS[4])
+    redis.call('PEXPIRE', KEYS[4], ARGV[3])
+    redis.call('DEL', KEYS[3])
     moved = 1
 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
@@ -183,6 +225,19 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
 end
 return moved
 """
+
+
+def _count(value: Any) -> int:
+    """A strike count as stored (digits), 0 if absent or malformed."""
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _flag(strikes: int) -> int:
+    """The reset argument of the write and touch scripts: 1 if there are strikes to delete."""
+    return 1 if strikes else 0
 
 
 def _ms(seconds: float) -> int:
@@ -245,6 +300,7 @@ class RedisStore(Store):
         lock_poll: float = 0.01,
         lock_prefix: str = "lock:",
         quarantine_prefix: str = "quarantine:",
+        strikes_prefix: str = "strikes:",
     ) -> None:
         if not isinstance(client, redis.Redis):
             raise ConfigError(f"a redis.Redis client is required, got {type(client).__name__}")
@@ -259,6 +315,7 @@ class RedisStore(Store):
         self.lock_poll = lock_poll
         self.lock_prefix = lock_prefix
         self.quarantine_prefix = quarantine_prefix
+        self.strikes_prefix = strikes_prefix
         self.address = describe(client)
         self.server_clock = ServerClock(
             client.connection_pool.connection_kwargs.get("socket_timeout")
@@ -266,6 +323,7 @@ class RedisStore(Store):
         self.open_script = client.register_script(_OPEN)
         self.write_script = client.register_script(_WRITE)
         self.touch_script = client.register_script(_TOUCH)
+        self.strike_script = client.register_script(_STRIKE)
         self.delete_script = client.register_script(_DELETE)
         self.quarantine_script = client.register_script(_QUARANTINE)
 
@@ -299,19 +357,19 @@ class RedisStore(Store):
     def lock_key(self, key: str) -> str:
         return self.lock_prefix + key
 
+    def strikes_key(self, key: str) -> str:
+        return self.strikes_prefix + key
+
     def new(self, key: str) -> Entry:
         return _RedisEntry(self, key, None, None)
 
     def open(self, key: str, *, lock: bool) -> Entry:
         if not lock:
-            with self.errors("reading a session"):
-                try:
-                    value = self.client.get(key)
-                except redis.ResponseError as exc:
-                    if not str(exc).startswith("WRONGTYPE"):
-                        raise
-                    value = None  # not a string: not one of our sessions
-            return _RedisEntry(self, key, value if isinstance(value, bytes) else None, None)
+            with self.errors("reading a session"):  # MGET reads a key of another type as nil
+                value, count = self.client.mget([key, self.strikes_key(key)])
+            if not isinstance(value, bytes):
+                return self.new(key)
+            return _RedisEntry(self, key, value, None, _count(count))
         session_lock = _SessionLock(self, key)
         with self.errors("locking and reading a session"):
             acquired = session_lock.acquire()
@@ -320,7 +378,7 @@ class RedisStore(Store):
         if session_lock.blob is None:  # no such session: the script took no lock
             session_lock.local.token = None
             return self.new(key)
-        return _RedisEntry(self, key, session_lock.blob, session_lock)
+        return _RedisEntry(self, key, session_lock.blob, session_lock, session_lock.strikes)
 
     def cleanup(self) -> int:
         """Nothing to do: Redis expires idle sessions, old locks and quarantine by TTL."""
@@ -358,10 +416,10 @@ class RedisStore(Store):
             where=self.address,
         )
 
-    def lease_lost(self, key: str) -> StoreUnavailableError:
-        """The error for a write refused because the lock's lease ran out first."""
+    def lease_lost(self, key: str, outcome: str = "not saved") -> StoreUnavailableError:
+        """The error for a change refused because the lock's lease ran out first."""
         return StoreUnavailableError(
-            f"session {fingerprint(key)} not saved: its lock lease ({self.lock_lease:g} s) ran"
+            f"session {fingerprint(key)} {outcome}: its lock lease ({self.lock_lease:g} s) ran"
             " out before the request ended, and another request may have changed it since"
             f" (Redis at {self.address})",
             cause="lock lease ran out",
@@ -390,34 +448,42 @@ class _SessionLock(Lock):
         self.key = key
         self.lease_ms = _ms(store.lock_lease)
         self.blob: bytes | None = None
+        self.strikes = 0
 
     def do_acquire(self, token: str) -> bool:
         store = self.store
-        reply = store.run(
-            store.open_script, [self.key, self.name], [token, self.lease_ms], retry=True
-        )
+        keys = [self.key, self.name, store.strikes_key(self.key)]
+        reply = store.run(store.open_script, keys, [token, self.lease_ms], retry=True)
         if reply[0] == _LATE:
             raise store.late("locking and reading a session")
         if reply[0] == _BUSY:
             return False  # held by another request
-        self.blob = reply[2] if reply[0] == _DONE else None
+        done = reply[0] == _DONE
+        self.blob = reply[2] if done else None
+        self.strikes = _count(reply[3]) if done else 0
         return True
 
 
 class _RedisEntry(Entry):
     """One session as opened by one request; *lock* is the held lock, if any.
 
-    With a lock, :meth:`write`, :meth:`touch`, :meth:`delete` and :meth:`quarantine`
-    release it in the same round trip (the interface does one of them at the end of the
-    request), and :meth:`release` is then free.
+    With a lock, :meth:`write`, :meth:`touch`, :meth:`strike`, :meth:`delete` and
+    :meth:`quarantine` release it in the same round trip (the interface does one of them at
+    the end of the request), and :meth:`release` is then free.
     """
 
     def __init__(
-        self, store: RedisStore, key: str, blob: bytes | None, lock: _SessionLock | None
+        self,
+        store: RedisStore,
+        key: str,
+        blob: bytes | None,
+        lock: _SessionLock | None,
+        strikes: int = 0,
     ) -> None:
         self.store = store
         self.key = key
         self.blob = blob
+        self.strikes = strikes
         self._lock = lock
         self._locked = lock is not None  # opened under a lock: write only while holding it
 
@@ -426,7 +492,7 @@ class _RedisEntry(Entry):
         return None if self._lock is None else self._lock.local.token
 
     def _keys(self) -> list[str]:
-        return [self.key, self.store.lock_key(self.key)]
+        return [self.key, self.store.lock_key(self.key), self.store.strikes_key(self.key)]
 
     def _released(self) -> None:
         if self._lock is not None:
@@ -453,9 +519,19 @@ class _RedisEntry(Entry):
         if token is None:
             if self._locked:
                 return _LOST  # the lock was released already
-            return _DONE if client.set(self.key, blob, xx=True, px=_ms(ttl)) else _GONE
-        script, args = self.store.write_script, [token, blob, _ms(ttl)]
+            return _DONE if self._set_existing(blob, ttl) else _GONE
+        script, args = self.store.write_script, [token, blob, _ms(ttl), _flag(self.strikes)]
         return int(self.store.run(script, self._keys(), args, retry=False)[0])
+
+    def _set_existing(self, blob: bytes, ttl: float) -> bool:
+        """Without a lock: ``SET XX PX``, and ``DEL`` of the strikes in the same round trip
+        if there are any; whether the session still existed."""
+        if not self.strikes:
+            return bool(self.store.client.set(self.key, blob, xx=True, px=_ms(ttl)))
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.set(self.key, blob, xx=True, px=_ms(ttl))
+        pipe.delete(self.store.strikes_key(self.key))
+        return bool(pipe.execute()[0])
 
     def touch(self, ttl: float) -> None:
         if self.blob is None:
@@ -463,12 +539,33 @@ class _RedisEntry(Entry):
         try:
             with self.store.errors("refreshing a session's expiry"):
                 token = self._token
-                if token is None:
+                if token is None and not self.strikes:
                     self.store.client.pexpire(self.key, _ms(ttl))
                 else:
-                    self.store.touch_script(keys=self._keys(), args=[token, _ms(ttl)])
+                    args = [token or "", _ms(ttl), _flag(self.strikes)]
+                    self.store.touch_script(keys=self._keys(), args=args)
         finally:
             self._released()
+
+    def strike(self, ttl: float) -> None:
+        """One script: release the lock, then store ``strikes + 1`` and move the expiry of
+        the session (unless it was deleted meanwhile). Raises ``StoreUnavailableError`` if
+        the lock's lease ran out first (nothing recorded)."""
+        if self.blob is None:
+            return
+        token = self._token
+        try:
+            with self.store.errors("recording a failed request"):
+                status = _LOST
+                if token is not None or not self._locked:
+                    args = [token or "", _ms(ttl), self.strikes + 1]
+                    status = int(self.store.strike_script(keys=self._keys(), args=args))
+        finally:
+            self._released()
+        if status == _LOST:
+            raise self.store.lease_lost(self.key, "failed request not recorded")
+        if status == _DONE:
+            self.strikes += 1
 
     def delete(self) -> None:
         if self.blob is None:
@@ -477,7 +574,7 @@ class _RedisEntry(Entry):
             with self.store.errors("deleting a session"):
                 token = self._token
                 if token is None:
-                    self.store.client.delete(self.key)
+                    self.store.client.delete(self.key, self.store.strikes_key(self.key))
                 else:
                     self.store.delete_script(keys=self._keys(), args=[token])
         finally:
