@@ -315,7 +315,10 @@ class DillSessionInterface(SessionInterface):
     def _save(self, app: Flask, session: DillSession, response: Response) -> None:
         entry = session.entry
         assert entry is not None
-        response.vary.add("Cookie")
+        if "Vary" in response.headers:
+            response.vary.add("Cookie")
+        else:  # as above, without parsing and rewriting the header set
+            response.headers["Vary"] = "Cookie"
         if not session:
             if not session.new:
                 entry.delete()

@@ -109,6 +109,50 @@ def _parse(data: bytes) -> tuple[bytes | None, float, int, int]:
     """:func:`last_record`; the offset where the newest intact record of either kind ends
     (0 if there is no data record); and the strikes: the count of the newest intact strike
     record after the data record, 0 if none. Torn records of either kind are skipped."""
+    if data[:2] == _MAGIC:  # a file of ours: its newest records are at the end
+        found = _parse_from_end(data)
+        if found is not None:
+            return found
+    return _parse_from_start(data)
+
+
+def _parse_from_end(data: bytes) -> tuple[bytes, float, int, int] | None:
+    """:func:`_parse` in the common case, whatever the number of records: step back from
+    the end of the file, record by record; ``None`` when the file does not end with an
+    intact record (a torn append), which only the walk from the start can sort out."""
+    end = pos = len(data)
+    strikes = -1
+    while True:
+        start = _record_ending_at(data, pos)
+        if start is None:
+            return None
+        magic, length, _, deadline = _RECORD.unpack_from(data, start)
+        if magic == _MAGIC:
+            return data[start + _RECORD.size : pos], deadline, end, max(strikes, 0)
+        if strikes < 0 and length == _COUNT.size:
+            strikes = _COUNT.unpack_from(data, start + _RECORD.size)[0]
+        pos = start
+
+
+def _record_ending_at(data: bytes, end: int) -> int | None:
+    """The start of the intact record that ends exactly at *end*, if there is one: the
+    nearest byte before it that opens a header whose length and CRC fit."""
+    size, lead = _RECORD.size, _MAGIC[0]
+    start = data.rfind(lead, 0, end - size + 1)
+    while start >= 0:
+        magic, length, crc, _ = _RECORD.unpack_from(data, start)
+        if (
+            start + size + length == end
+            and (magic == _MAGIC or magic == _STRIKES)
+            and zlib.crc32(memoryview(data)[start + _STAMPED : end]) == crc
+        ):
+            return start
+        start = data.rfind(lead, 0, start)
+    return None
+
+
+def _parse_from_start(data: bytes) -> tuple[bytes | None, float, int, int]:
+    """:func:`_parse` by walking every record header from the start of the file."""
     starts: list[int] = []
     keep = starts.append
     pos, end, size, unpack = 0, len(data), _RECORD.size, _HEAD.unpack_from
