@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask
 
 from flask_dill_session import Session
@@ -49,6 +50,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the shared test server, on an emptied database."""
+    result = redis.Redis(port=redis_server.port, socket_timeout=5, socket_connect_timeout=5)
+    result.flushdb()
+    yield result
+    result.close()
 
 
 @pytest.fixture

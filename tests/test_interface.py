@@ -27,6 +27,7 @@ from flask_dill_session import (
     DillSessionInterface,
     Session,
 )
+from flask_dill_session.config import DEFAULTS, KEYS, read_settings
 from flask_dill_session.stores.filesystem import FileSystemStore
 
 AppFactory = Callable[..., Flask]
@@ -410,12 +411,37 @@ def test_refresh_each_request(make_app: AppFactory, refresh: bool) -> None:
         ({"SESSION_PERMANENT": "yes"}, "SESSION_PERMANENT"),
         ({"SESSION_KEY_PREFIX": 7}, "SESSION_KEY_PREFIX"),
         ({"SESSION_FILE_DIR": 7}, "SESSION_FILE_DIR"),
+        ({"SESSION_DILL_POISON_AFTER": 0}, "SESSION_DILL_POISON_AFTER"),
+        ({"SESSION_DILL_VERSION": ""}, "SESSION_DILL_VERSION"),
+        ({"SESSION_DILL_RENAMES": {"a.B": 3}}, "SESSION_DILL_RENAMES"),
+        ({"SESSION_DILL_ENCRYPT": 1}, "SESSION_DILL_ENCRYPT"),
+        ({"SESSION_DILL_ABSOLUTE_LIFETIME": -1}, "SESSION_DILL_ABSOLUTE_LIFETIME"),
+        ({"SECRET_KEY_FALLBACKS": "old"}, "SECRET_KEY_FALLBACKS"),
+        ({"SESSION_DILL_BACKEND": "redis"}, "SESSION_REDIS"),
+        ({"SESSION_DILL_BACKEND": "cachelib"}, "SESSION_CACHELIB"),
     ],
 )
 def test_config_errors_name_the_key(make_app: AppFactory, config: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key) as info:
         make_app(**config)
     assert isinstance(info.value, DillSessionError)
+
+
+def test_every_key_of_the_table_has_its_default_and_secrets_never_show(
+    make_app: AppFactory,
+) -> None:
+    settings = read_settings(
+        {"SECRET_KEY": "s3cr3t-value", "SECRET_KEY_FALLBACKS": ["old-one"]}, "i"
+    )
+    defaults = {name: getattr(DEFAULTS, name) for name, _ in KEYS.values()}
+    chosen = {name: getattr(settings, name) for name, _ in KEYS.values()}
+    assert chosen == defaults | {
+        "secret_key": "s3cr3t-value",
+        "secret_key_fallbacks": ("old-one",),
+        "file_dir": os.path.join("i", "flask_dill_session"),
+    }
+    assert "s3cr3t" not in repr(settings) and "old-one" not in repr(settings)
+    assert "s3cr3t" not in repr(interface(make_app(SECRET_KEY="s3cr3t-value")).settings)
 
 
 def test_the_default_file_dir_is_in_the_instance_folder(tmp_path: Path) -> None:

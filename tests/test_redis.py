@@ -47,15 +47,6 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) 
 
 
 @pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """A client of the shared test server, on an emptied database."""
-    result = redis.Redis(port=redis_server.port, socket_timeout=5, socket_connect_timeout=5)
-    result.flushdb()
-    yield result
-    result.close()
-
-
-@pytest.fixture
 def private_redis(redis_server: RedisServer, tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test alone, which it may stop, restart or freeze."""
     server = RedisServer(tmp_path / "private-redis")

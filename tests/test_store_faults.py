@@ -362,15 +362,6 @@ def frozen_redis(redis_server: RedisServer, tmp_path: Path) -> Iterator[RedisSer
     server.stop()
 
 
-@pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """A client of the shared test server, on an emptied database (tests share KEY)."""
-    result = redis.Redis(port=redis_server.port, socket_timeout=5, socket_connect_timeout=5)
-    result.flushdb()
-    yield result
-    result.close()
-
-
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -30,7 +30,7 @@ from flask_dill_session.stores.filesystem import (
 )
 from flask_dill_session.stores.redis import RedisStore
 
-from .support import Clock, MountError, RedisServer, Tmpfs
+from .support import Clock, RedisServer, Tmpfs
 
 KEY = "session:4mQ7nR2xT9vB1cK8pL5sD3fG6hJ0aZyXwVuEtSrQoNm"
 BLOB = bytes(range(256)) * 3  # every byte value: compared byte for byte
@@ -97,15 +97,6 @@ def clock() -> Clock:
 @pytest.fixture
 def fs_store(tmp_path: Path, clock: Clock) -> FileSystemStore:
     return FileSystemStore(str(tmp_path / "store"), lock_timeout=2, clock=clock)
-
-
-@pytest.fixture
-def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """A client of the shared test server, on an emptied database."""
-    result = redis.Redis(port=redis_server.port, socket_timeout=5, socket_connect_timeout=5)
-    result.flushdb()
-    yield result
-    result.close()
 
 
 @pytest.fixture
@@ -566,18 +557,6 @@ def test_cleanup_treats_a_file_ending_in_strike_records_like_any_other(
     entry = store.open(live, lock=False)
     entry.release()
     assert (entry.blob, entry.strikes) == (BLOB, 2)
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Tmpfs]:
-    try:
-        mount = Tmpfs(tmp_path / "mnt")
-    except MountError as exc:
-        if os.environ.get("FDS_REQUIRE_MOUNT") == "1":
-            pytest.fail(f"FDS_REQUIRE_MOUNT=1 but a tmpfs cannot be mounted: {exc}")
-        pytest.skip(f"a tmpfs cannot be mounted here ({exc}); FDS_REQUIRE_MOUNT=1 fails instead")
-    yield mount
-    mount.unmount()
 
 
 def test_a_read_only_store_serves_the_strikes_and_refuses_a_strike(

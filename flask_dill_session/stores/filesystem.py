@@ -143,7 +143,7 @@ def _record_ending_at(data: bytes, end: int) -> int | None:
         magic, length, crc, _ = _RECORD.unpack_from(data, start)
         if (
             start + size + length == end
-            and (magic == _MAGIC or magic == _STRIKES)
+            and magic in (_MAGIC, _STRIKES)
             and zlib.crc32(memoryview(data)[start + _STAMPED : end]) == crc
         ):
             return start
