@@ -53,23 +53,17 @@ import math
 import os
 import secrets
 import stat
-import struct
 import time
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ..config import DEFAULTS, Settings
 from ..exc import LockTimeoutError, StoreUnavailableError
+from ._records import MAGIC, RECORD, frame, last_record, parse, strike_frame
 from .base import Entry, Store, fingerprint
 
-_MAGIC = b"\xfd\x53"  # a data record: the blob
-_STRIKES = b"\xfd\x54"  # a strike record: failed requests since the data record before it
-_RECORD = struct.Struct("<2sIId")  # magic, length, crc32(deadline + payload), deadline
-_COUNT = struct.Struct("<I")  # the payload of a strike record
-_DEADLINE = struct.Struct("<d")
-_HEAD = struct.Struct("<2sI")  # the start of a record: magic, length
-_STAMPED = _RECORD.size - _DEADLINE.size  # where the checksummed bytes of a record begin
+__all__ = ["FileSystemStore", "frame", "last_record", "strike_frame"]
+
 _COMPACT_AT = 8192  # bytes; compact when a file would outgrow this and 4 records
 _READ = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_ONLY = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -80,102 +74,6 @@ _TMP_SUFFIX = ".tmp"
 _CLEANUP_GRACE = 60.0  # seconds; never reap a file this close to its deadline
 _TOUCH_STEP = 1.0  # seconds; a touch that would move the deadline by less is skipped
 _CREATE_GRACE = 10.0  # seconds; an empty file younger than this may be a create in flight
-
-
-def frame(blob: bytes, deadline: float) -> bytes:
-    """One data record: header and blob, checksummed so a torn write is detected."""
-    return _framed(_MAGIC, blob, deadline)
-
-
-def strike_frame(count: int, deadline: float) -> bytes:
-    """One strike record: *count* failed requests since the data record before it, and the
-    expiry the strike set (which the file's mtime carries)."""
-    return _framed(_STRIKES, _COUNT.pack(min(count, 0xFFFFFFFF)), deadline)
-
-
-def _framed(magic: bytes, payload: bytes, deadline: float) -> bytes:
-    stamp = _DEADLINE.pack(deadline)
-    crc = zlib.crc32(payload, zlib.crc32(stamp))
-    return _RECORD.pack(magic, len(payload), crc, deadline) + payload
-
-
-def last_record(data: bytes) -> tuple[bytes | None, float]:
-    """The newest intact data record's blob and deadline, or ``(None, 0.0)``."""
-    blob, deadline, _, _ = _parse(data)
-    return blob, deadline
-
-
-def _parse(data: bytes) -> tuple[bytes | None, float, int, int]:
-    """:func:`last_record`; the offset where the newest intact record of either kind ends
-    (0 if there is no data record); and the strikes: the count of the newest intact strike
-    record after the data record, 0 if none. Torn records of either kind are skipped."""
-    if data[:2] == _MAGIC:  # a file of ours: its newest records are at the end
-        found = _parse_from_end(data)
-        if found is not None:
-            return found
-    return _parse_from_start(data)
-
-
-def _parse_from_end(data: bytes) -> tuple[bytes, float, int, int] | None:
-    """:func:`_parse` in the common case, whatever the number of records: step back from
-    the end of the file, record by record; ``None`` when the file does not end with an
-    intact record (a torn append), which only the walk from the start can sort out."""
-    end = pos = len(data)
-    strikes = -1
-    while True:
-        start = _record_ending_at(data, pos)
-        if start is None:
-            return None
-        magic, length, _, deadline = _RECORD.unpack_from(data, start)
-        if magic == _MAGIC:
-            return data[start + _RECORD.size : pos], deadline, end, max(strikes, 0)
-        if strikes < 0 and length == _COUNT.size:
-            strikes = _COUNT.unpack_from(data, start + _RECORD.size)[0]
-        pos = start
-
-
-def _record_ending_at(data: bytes, end: int) -> int | None:
-    """The start of the intact record that ends exactly at *end*, if there is one: the
-    nearest byte before it that opens a header whose length and CRC fit."""
-    size, lead = _RECORD.size, _MAGIC[0]
-    start = data.rfind(lead, 0, end - size + 1)
-    while start >= 0:
-        magic, length, crc, _ = _RECORD.unpack_from(data, start)
-        if (
-            start + size + length == end
-            and magic in (_MAGIC, _STRIKES)
-            and zlib.crc32(memoryview(data)[start + _STAMPED : end]) == crc
-        ):
-            return start
-        start = data.rfind(lead, 0, start)
-    return None
-
-
-def _parse_from_start(data: bytes) -> tuple[bytes | None, float, int, int]:
-    """:func:`_parse` by walking every record header from the start of the file."""
-    starts: list[int] = []
-    keep = starts.append
-    pos, end, size, unpack = 0, len(data), _RECORD.size, _HEAD.unpack_from
-    blob_magic, strike_magic = _MAGIC, _STRIKES
-    while pos + size <= end:  # walk the headers; check only the newest records' CRCs
-        magic, length = unpack(data, pos)
-        if (magic != blob_magic and magic != strike_magic) or pos + size + length > end:
-            break
-        keep(pos)
-        pos += size + length
-    view = memoryview(data)
-    stop, strikes = 0, -1
-    for pos in reversed(starts):
-        magic, length, crc, deadline = _RECORD.unpack_from(data, pos)
-        after = pos + size + length
-        if zlib.crc32(view[pos + _STAMPED : after]) != crc:  # the deadline, then the payload
-            continue
-        if magic == blob_magic:
-            return data[pos + size : after], deadline, stop or after, max(strikes, 0)
-        stop = stop or after
-        if strikes < 0 and length == _COUNT.size:
-            strikes = _COUNT.unpack_from(data, pos + size)[0]
-    return None, 0.0, 0, 0
 
 
 class FileSystemStore(Store):
@@ -291,7 +189,7 @@ class FileSystemStore(Store):
         denied: OSError | None,
     ) -> Entry:
         """The entry for the bytes *data* read from *fd*, which it then owns."""
-        blob, deadline, stop, strikes = _parse(data)
+        blob, deadline, stop, strikes = parse(data)
         damage = None if blob is not None else _damage(data, mtime)
         expired = blob is not None and max(deadline, mtime) <= self.clock()
         if expired or (blob is None and damage is None):
@@ -502,7 +400,7 @@ class _FileEntry(Entry):
         assert self._fd is not None and self.blob is not None
         record = strike_frame(count, deadline)
         with self.store.errors(action, self.path):
-            if self._outgrows(len(record), _RECORD.size + len(self.blob)):
+            if self._outgrows(len(record), RECORD.size + len(self.blob)):
                 if os.fstat(self._fd).st_nlink == 0:
                     return
                 data = frame(self.blob, deadline)
@@ -585,7 +483,7 @@ def _damage(data: bytes, mtime: float) -> str | None:
     empty file that may be a create in flight (see the module docstring)."""
     if not data:
         return None if abs(time.time() - mtime) < _CREATE_GRACE else "empty file"
-    if data.startswith(_MAGIC) or _MAGIC.startswith(data):
+    if data.startswith(MAGIC) or MAGIC.startswith(data):
         return "torn first record"
     return "unframed content"
 

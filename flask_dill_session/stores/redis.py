@@ -90,6 +90,7 @@ from redis.lock import Lock
 
 from ..config import DEFAULTS, Settings
 from ..exc import ConfigError, LockTimeoutError, StoreUnavailableError
+from . import _scripts as scripts
 from .base import Entry, Store, fingerprint, quarantine_name
 
 logger = logging.getLogger("flask_dill_session")
@@ -107,124 +108,6 @@ CLIENT_ERRORS: tuple[type[Exception], ...] = (
         and cls.__module__ == "redis.exceptions"
     ),
 )
-
-# Replies of the scripts that carry a deadline: {status, server time (ms), ...}; of _STRIKE:
-# the status alone.
-_LATE = -2  # past the deadline: nothing done (and the lock released if ours)
-_LOST = -1  # the lock is no longer ours: nothing written
-_BUSY = 0  # _OPEN: held by another request
-_GONE = 0  # _WRITE, _STRIKE: the session was deleted meanwhile, nothing written
-_DONE = 1  # _OPEN: locked, the blob and the strike count follow; _WRITE, _STRIKE: written
-_ABSENT = 2  # _OPEN: no such session, no lock taken
-
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# KEYS: session, lock, strikes. ARGV: token, lease (ms), deadline (ms in the server's clock;
-# 0: none). The lock may already hold this token: a copy of this call the client sent before.
-# A strike count that is not a number (or not a string) reads as 0.
-_OPEN = (
-    _NOW
-    + """
-if ARGV[3] ~= '0' and now > tonumber(ARGV[3]) then
-    return {-2, now}
-end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then
-    return {0, now}
-end
-if redis.call('TYPE', KEYS[1]).ok ~= 'string' then
-    if holder then
-        redis.call('DEL', KEYS[2])
-    end
-    return {2, now}
-end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return {1, now, redis.call('GET', KEYS[1]), tonumber(redis.pcall('GET', KEYS[3])) or 0}
-"""
-)
-
-# KEYS: session, lock, strikes. ARGV: token, blob, ttl (ms), reset ('1': strikes were read,
-# delete them; '0': none), deadline (as for _OPEN).
-# Releases the lock if ours, then writes unless past the deadline or the session is gone.
-_WRITE = (
-    _NOW
-    + """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-    return {-1, now}
-end
-redis.call('DEL', KEYS[2])
-if ARGV[5] ~= '0' and now > tonumber(ARGV[5]) then
-    return {-2, now}
-end
-if redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then
-    if ARGV[4] ~= '0' then
-        redis.call('DEL', KEYS[3])
-    end
-    return {1, now}
-end
-return {0, now}
-"""
-)
-
-# KEYS: session, lock, strikes. ARGV: token ('' = none), ttl (ms), reset (as for _WRITE).
-# Refresh the expiry, reset the strikes if any were read, release the lock if ours.
-_TOUCH = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
-    redis.call('DEL', KEYS[2])
-end
-if ARGV[3] ~= '0' then
-    redis.call('DEL', KEYS[3])
-end
-return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-"""
-
-# KEYS: session, lock, strikes. ARGV: token ('' = none), ttl (ms), count.
-# Unless the lock is no longer ours, release it and, if the session still exists, store
-# the count and move both expiries. Replies _LOST, _GONE or _DONE.
-_STRIKE = """
-if ARGV[1] ~= '' then
-    if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-        return -1
-    end
-    redis.call('DEL', KEYS[2])
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-    return 0
-end
-redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-# KEYS: session, lock, strikes. ARGV: token. Delete the session and its strikes, release the
-# lock if ours.
-_DELETE = """
-redis.call('DEL', KEYS[1], KEYS[3])
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-    redis.call('DEL', KEYS[2])
-end
-return 1
-"""
-
-# KEYS: session, lock, strikes, quarantine. ARGV: token ('' = none), blob as read, ttl (ms).
-# Move the blob aside (dropping its strikes) only if it is still the one that was read;
-# release the lock if ours.
-_QUARANTINE = """
-local moved = 0
-if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) == ARGV[2] then
-    redis.call('RENAME', KEYS[1], KEYS[4])
-    redis.call('PEXPIRE', KEYS[4], ARGV[3])
-    redis.call('DEL', KEYS[3])
-    moved = 1
-end
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
-    redis.call('DEL', KEYS[2])
-end
-return moved
-"""
 
 
 def _count(value: Any) -> int:
@@ -320,12 +203,12 @@ class RedisStore(Store):
         self.server_clock = ServerClock(
             client.connection_pool.connection_kwargs.get("socket_timeout")
         )
-        self.open_script = client.register_script(_OPEN)
-        self.write_script = client.register_script(_WRITE)
-        self.touch_script = client.register_script(_TOUCH)
-        self.strike_script = client.register_script(_STRIKE)
-        self.delete_script = client.register_script(_DELETE)
-        self.quarantine_script = client.register_script(_QUARANTINE)
+        self.open_script = client.register_script(scripts.OPEN)
+        self.write_script = client.register_script(scripts.WRITE)
+        self.touch_script = client.register_script(scripts.TOUCH)
+        self.strike_script = client.register_script(scripts.STRIKE)
+        self.delete_script = client.register_script(scripts.DELETE)
+        self.quarantine_script = client.register_script(scripts.QUARANTINE)
 
     @classmethod
     def from_config(cls, settings: Settings, config: Mapping[str, Any]) -> RedisStore:
@@ -392,7 +275,7 @@ class RedisStore(Store):
             reply = script(keys=keys, args=[*args, self.server_clock.deadline(sent)])
             received = self.server_clock.now()
             self.server_clock.learn(int(reply[1]), sent, received)
-            if reply[0] != _LATE or not self.server_clock.in_time(sent, received):
+            if reply[0] != scripts.LATE or not self.server_clock.in_time(sent, received):
                 break
         return reply
 
@@ -454,11 +337,11 @@ class _SessionLock(Lock):
         store = self.store
         keys = [self.key, self.name, store.strikes_key(self.key)]
         reply = store.run(store.open_script, keys, [token, self.lease_ms], retry=True)
-        if reply[0] == _LATE:
+        if reply[0] == scripts.LATE:
             raise store.late("locking and reading a session")
-        if reply[0] == _BUSY:
+        if reply[0] == scripts.BUSY:
             return False  # held by another request
-        done = reply[0] == _DONE
+        done = reply[0] == scripts.DONE
         self.blob = reply[2] if done else None
         self.strikes = _count(reply[3]) if done else 0
         return True
@@ -505,21 +388,23 @@ class _RedisEntry(Entry):
                 status = self._write(blob, ttl)
         finally:
             self._released()  # released by the script; if it failed, by the lease
-        if status == _LOST:
+        if status == scripts.LOST:
             raise self.store.lease_lost(self.key)
-        if status == _LATE:
+        if status == scripts.LATE:
             raise self.store.late("writing a session")
-        return status == _DONE
+        return status == scripts.DONE
 
     def _write(self, blob: bytes, ttl: float) -> int:
         client = self.store.client
         if self.blob is None:
-            return _DONE if client.set(self.key, blob, nx=True, px=_ms(ttl)) else _GONE
+            return (
+                scripts.DONE if client.set(self.key, blob, nx=True, px=_ms(ttl)) else scripts.GONE
+            )
         token = self._token
         if token is None:
             if self._locked:
-                return _LOST  # the lock was released already
-            return _DONE if self._set_existing(blob, ttl) else _GONE
+                return scripts.LOST  # the lock was released already
+            return scripts.DONE if self._set_existing(blob, ttl) else scripts.GONE
         script, args = self.store.write_script, [token, blob, _ms(ttl), _flag(self.strikes)]
         return int(self.store.run(script, self._keys(), args, retry=False)[0])
 
@@ -556,15 +441,15 @@ class _RedisEntry(Entry):
         token = self._token
         try:
             with self.store.errors("recording a failed request"):
-                status = _LOST
+                status = scripts.LOST
                 if token is not None or not self._locked:
                     args = [token or "", _ms(ttl), self.strikes + 1]
                     status = int(self.store.strike_script(keys=self._keys(), args=args))
         finally:
             self._released()
-        if status == _LOST:
+        if status == scripts.LOST:
             raise self.store.lease_lost(self.key, "failed request not recorded")
-        if status == _DONE:
+        if status == scripts.DONE:
             self.strikes += 1
 
     def delete(self) -> None:

@@ -1,0 +1,122 @@
+"""The Redis store's Lua scripts: each step of a request is one of them, so Redis applies it
+whole or not at all. Names are the scripts'; replies are documented with each."""
+
+from __future__ import annotations
+
+# Replies of the scripts that carry a deadline: {status, server time (ms), ...}; of STRIKE:
+# the status alone.
+LATE = -2  # past the deadline: nothing done (and the lock released if ours)
+LOST = -1  # the lock is no longer ours: nothing written
+BUSY = 0  # OPEN: held by another request
+GONE = 0  # WRITE, STRIKE: the session was deleted meanwhile, nothing written
+DONE = 1  # OPEN: locked, the blob and the strike count follow; WRITE, STRIKE: written
+ABSENT = 2  # OPEN: no such session, no lock taken
+
+NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: session, lock, strikes. ARGV: token, lease (ms), deadline (ms in the server's clock;
+# 0: none). The lock may already hold this token: a copy of this call the client sent before.
+# A strike count that is not a number (or not a string) reads as 0.
+OPEN = (
+    NOW
+    + """
+if ARGV[3] ~= '0' and now > tonumber(ARGV[3]) then
+    return {-2, now}
+end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then
+    return {0, now}
+end
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then
+    if holder then
+        redis.call('DEL', KEYS[2])
+    end
+    return {2, now}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {1, now, redis.call('GET', KEYS[1]), tonumber(redis.pcall('GET', KEYS[3])) or 0}
+"""
+)
+
+# KEYS: session, lock, strikes. ARGV: token, blob, ttl (ms), reset ('1': strikes were read,
+# delete them; '0': none), deadline (as for OPEN).
+# Releases the lock if ours, then writes unless past the deadline or the session is gone.
+WRITE = (
+    NOW
+    + """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+    return {-1, now}
+end
+redis.call('DEL', KEYS[2])
+if ARGV[5] ~= '0' and now > tonumber(ARGV[5]) then
+    return {-2, now}
+end
+if redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then
+    if ARGV[4] ~= '0' then
+        redis.call('DEL', KEYS[3])
+    end
+    return {1, now}
+end
+return {0, now}
+"""
+)
+
+# KEYS: session, lock, strikes. ARGV: token ('' = none), ttl (ms), reset (as for WRITE).
+# Refresh the expiry, reset the strikes if any were read, release the lock if ours.
+TOUCH = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
+    redis.call('DEL', KEYS[2])
+end
+if ARGV[3] ~= '0' then
+    redis.call('DEL', KEYS[3])
+end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+# KEYS: session, lock, strikes. ARGV: token ('' = none), ttl (ms), count.
+# Unless the lock is no longer ours, release it and, if the session still exists, store
+# the count and move both expiries. Replies LOST, GONE or DONE.
+STRIKE = """
+if ARGV[1] ~= '' then
+    if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+        return -1
+    end
+    redis.call('DEL', KEYS[2])
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    return 0
+end
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: session, lock, strikes. ARGV: token. Delete the session and its strikes, release the
+# lock if ours.
+DELETE = """
+redis.call('DEL', KEYS[1], KEYS[3])
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+    redis.call('DEL', KEYS[2])
+end
+return 1
+"""
+
+# KEYS: session, lock, strikes, quarantine. ARGV: token ('' = none), blob as read, ttl (ms).
+# Move the blob aside (dropping its strikes) only if it is still the one that was read;
+# release the lock if ours.
+QUARANTINE = """
+local moved = 0
+if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) == ARGV[2] then
+    redis.call('RENAME', KEYS[1], KEYS[4])
+    redis.call('PEXPIRE', KEYS[4], ARGV[3])
+    redis.call('DEL', KEYS[3])
+    moved = 1
+end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
+    redis.call('DEL', KEYS[2])
+end
+return moved
+"""
