@@ -37,7 +37,7 @@ class Opened(NamedTuple):
     payload: bytes | None  # the payload *data* was loaded from; None: *data* differs
     meta: Meta
     reseal: bool  # sealed with a fallback key or another format: rewrite on the next save
-    dropped: dict[str, str]  # top-level keys that could not be kept, and why
+    dropped: Mapping[str, str]  # top-level keys that could not be kept, and why
     notes: tuple[str, ...]  # what loaded, but differently than stored (for the log)
 
 
@@ -113,14 +113,15 @@ class Codec:
         it) or :class:`~.exc.ForeignPayloadError` (another key or Python: leave it).
         """
         sealed = self.envelope.open(key, blob)
-        loaded = self.loader.load(sealed.payload)
-        data, dropped, notes = loaded.data, dict(loaded.dropped), list(loaded.notes)
+        data, dropped, notes = self.loader.load(sealed.payload)
         current = sealed.version == self.version
-        if not current:
-            data = self._upgrade(sealed.payload, data, sealed.version, dropped, notes)
+        if not current:  # the rare case: copies to add to
+            dropped, more = dict(dropped), list(notes)
+            data = self._upgrade(sealed.payload, data, sealed.version, dropped, more)
+            notes = tuple(more)
         meta = Meta(bool(sealed.flags & PERMANENT), sealed.created, sealed.expires)
         payload = serializer.unstored(sealed.payload) if current and not dropped else None
-        return Opened(data, payload, meta, not sealed.current_key, dropped, tuple(notes))
+        return Opened(data, payload, meta, not sealed.current_key, dropped, notes)
 
     def _upgrade(
         self,
@@ -141,7 +142,7 @@ class Codec:
                 )
                 data = self.loader.load(payload).data  # as stored, not half migrated
         for key in list(data):
-            if not serializer.stored(serializer.dumps({key: data[key]}))[1]:
+            if not _stored_alone(data[key])[1]:
                 del data[key]
                 dropped[key] = (
                     f"stored by version {stored!r} of the app (this is {self.version!r}) and"
@@ -154,9 +155,14 @@ class Codec:
 
         def fails(value: Any) -> bool:
             try:
-                self.loader.load_strict(serializer.stored(serializer.dumps({"v": value}))[0])
+                self.loader.load_strict(_stored_alone(value)[0])
             except Exception:
                 return True
             return False
 
         return serializer.locate(data, reason, fails)
+
+
+def _stored_alone(value: Any) -> tuple[bytes, bool]:
+    """*value* stored as a session of its own, and whether that is vouched for."""
+    return serializer.stored(serializer.dumps({"value": value}))

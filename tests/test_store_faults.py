@@ -35,6 +35,7 @@ from flask_dill_session.stores.redis import RedisStore
 
 from .apps.redis_app import redis_client
 from .support import RedisServer, Tmpfs, filesystem_store, free_port, interface
+from .test_redis import counter_app
 
 AppFactory = Callable[..., Flask]
 
@@ -405,18 +406,9 @@ class Gate:
 
 
 def redis_app(make_app: AppFactory, client: redis.Redis, gate: Gate, **config: Any) -> Flask:
-    app = make_app(SESSION_DILL_BACKEND="redis", SESSION_REDIS=client, **config)
+    """The Redis tests' counter app, with the gate's held view."""
+    app = counter_app(make_app, client, **config)
     app.add_url_rule("/hold/<int:step>", view_func=gate.hold)
-
-    @app.route("/count")
-    def count() -> str:
-        session["x"] = session.get("x", 0) + 1
-        return str(session["x"])
-
-    @app.route("/get")
-    def get_value() -> str:
-        return str(session.get("x"))
-
     return app
 
 

@@ -10,9 +10,6 @@ running app's own classes: same type, equal, methods intact.
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -20,6 +17,8 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from flask import Flask, session
 
 from flask_dill_session import Session
+
+from .cli import run
 
 T = TypeVar("T")
 
@@ -112,18 +111,7 @@ def create_app(session_dir: str) -> Flask:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s %(message)s")
-    command, session_dir, *rest = sys.argv[1:] if argv is None else argv
-    client = create_app(session_dir).test_client()
-    if command == "write":
-        response = client.post("/store")
-        cookie = client.get_cookie("session")
-        if response.status_code != 200 or cookie is None:
-            raise SystemExit(f"store failed: {response.status}\n{response.text}")
-        print(cookie.value)
-    else:
-        client.set_cookie("session", rest[0])
-        print(json.dumps(client.get("/check").get_json()))
+    run(create_app, argv)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ importable (C pickle stores the instances by reference).
 from __future__ import annotations
 
 import datetime as datetime_module
-import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -29,7 +27,8 @@ from flask import Flask, session
 
 from flask_dill_session import Session
 
-COOKIE = "session"
+from .cli import run
+
 SECRET = "roundtrip-secret"
 
 
@@ -148,20 +147,7 @@ def create_app(session_dir: str) -> Flask:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    command, session_dir, *rest = sys.argv[1:] if argv is None else argv
-    client = create_app(session_dir).test_client()
-    if command == "write":
-        response = client.post("/store")
-        cookie = client.get_cookie(COOKIE)
-        if response.status_code != 200 or cookie is None:
-            raise SystemExit(f"store failed: {response.status}")
-        print(cookie.value)
-    elif command == "check":
-        client.set_cookie(COOKIE, rest[0])
-        response = client.get("/check")
-        print(json.dumps(response.get_json()))
-    else:
-        raise SystemExit(f"unknown command {command!r}")
+    run(create_app, argv)
 
 
 if __name__ == "__main__":
