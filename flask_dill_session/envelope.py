@@ -1,18 +1,23 @@
 """Authenticated, optionally encrypted, framing of stored session blobs.
 
-Format v2 (numbers big-endian, times as doubles)::
+Format v3 (numbers big-endian, times as doubles)::
 
-    header    = "FDS2" | flags (1) | created (8) | expires (8, 0 = never)
-                | key id (8) | version length (1) | version (UTF-8, empty = none)
-    plain     = header | payload | HMAC-SHA256(MAC key; name | header | payload)
-    encrypted = header | nonce (12) | AES-256-GCM(payload; associated data name | header)
+    header    = "FDS3" | flags (1) | created (8) | expires (8, 0 = never) | key id (8)
+                | address (16) | version length (1) | version (UTF-8, empty = none)
+    plain     = header | payload | HMAC-SHA256(MAC key; header | payload)
+    encrypted = header | nonce (12) | AES-256-GCM(payload; associated data header)
 
-*name* is the store key in UTF-8 after its 2-byte length, so a blob copied to another
-session fails. Flag bit 0 is PERMANENT, bit 1 ENCRYPTED. The key id, the first 8 bytes of
-HMAC-SHA256(MAC key, "key id"), names the secret that sealed the blob without revealing
+The *address* names the session the blob belongs to (:func:`.names.address` of its store
+key), so a blob copied to another session fails, and a blob can be authenticated and
+attributed without its session id (:meth:`Envelope.inspect`, for the command line). Flag
+bit 0 is PERMANENT, bit 1 ENCRYPTED, bit 2 RETIRED (the id was replaced by ``regenerate``:
+readable only for the rotation grace, see the interface). The key id, the first 8 bytes
+of HMAC-SHA256(MAC key, "key id"), names the secret that sealed the blob without revealing
 it, so a blob of a secret this process does not hold (another instance during a rolling
-key change) is told apart from a tampered one. Format v1 (``"FDS1" | flags | created |
-expires | payload | HMAC``, no key id), written by earlier releases, still opens.
+key change) is told apart from a tampered one. Formats v2 (no address; the MAC covers the
+store key's length and bytes before the header) and v1 (``"FDS1" | flags | created |
+expires | payload | HMAC``, no key id), written by earlier releases, still open given the
+store key.
 
 :meth:`Envelope.open` authenticates the whole blob before any byte of the payload is
 returned (MACs compared in constant time), so nothing unauthenticated ever reaches an
@@ -29,15 +34,21 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from .exc import BadPayloadError, DillSessionError, ForeignPayloadError
+from .names import ADDRESS_SIZE, address
 
 if TYPE_CHECKING:
     from ._aead import Cipher
 
-MAGIC = b"FDS2"
+MAGIC = b"FDS3"
+MAGIC_V2 = b"FDS2"
 MAGIC_V1 = b"FDS1"
 PERMANENT = 1
 ENCRYPTED = 2
-_HEADER = struct.Struct(">4sBdd8sB")  # magic, flags, created, expires, key id, version size
+RETIRED = 4
+_SEALED_FLAGS = PERMANENT | RETIRED  # what a caller may ask seal for
+# magic, flags, created, expires, key id, address, version size
+_HEADER = struct.Struct(f">4sBdd8s{ADDRESS_SIZE}sB")
+_HEADER_V2 = struct.Struct(">4sBdd8sB")  # magic, flags, created, expires, key id, version size
 _HEADER_V1 = struct.Struct(">4sBdd")  # magic, flags, created, expires
 _KEY_ID_AT = 21  # offset of the key id in a v2 header
 _MAC_SIZE = hashlib.sha256().digest_size
@@ -55,6 +66,7 @@ class Opened(NamedTuple):
     expires: float | None
     current_key: bool  # False: re-seal on the next save (see Envelope.open)
     version: str | None = None  # the app version that sealed it, if it gave one
+    address: bytes | None = None  # whose blob it is (v3); None for earlier formats
 
 
 def derive_key(secret: str | bytes) -> bytes:
@@ -136,20 +148,22 @@ class Envelope:
         expires: float | None,
         version: str | None = None,
     ) -> bytes:
-        """A v2 blob of *payload* for *store_key*; *flags* is PERMANENT or 0."""
-        if flags & ~PERMANENT:
-            raise ValueError(f"flags must be PERMANENT or 0, not {flags}")
+        """A v3 blob of *payload* for *store_key*; *flags* is a union of PERMANENT and
+        RETIRED."""
+        if flags & ~_SEALED_FLAGS:
+            raise ValueError(f"flags must be PERMANENT, RETIRED or 0, not {flags}")
         tag = version.encode() if version else b""
         if len(tag) > 255:
             raise ValueError("version must be at most 255 bytes in UTF-8")
         key = self._keys[0]
         flags |= ENCRYPTED if self._encrypt else 0
-        header = _HEADER.pack(MAGIC, flags, created, expires or 0.0, key.id, len(tag)) + tag
-        name = _prefixed(store_key)
+        header = _HEADER.pack(
+            MAGIC, flags, created, expires or 0.0, key.id, address(store_key), len(tag)
+        )
+        header += tag
         if self._encrypt:
-            return header + key.cipher().seal(name + header, payload)
+            return header + key.cipher().seal(header, payload)
         mac = key.mac.copy()
-        mac.update(name)
         mac.update(header)
         mac.update(payload)
         return b"".join((header, payload, mac.digest()))
@@ -160,25 +174,52 @@ class Envelope:
         :class:`BadPayloadError` (quarantine it): truncated, malformed, tampered, or moved
         from another session. :class:`ForeignPayloadError` (leave it be): sealed with a
         secret not held here, encrypted while ``cryptography`` is missing, or of a newer
-        format. ``current_key`` is True only for a v2 blob sealed with the current secret and
+        format. ``current_key`` is True only for a v3 blob sealed with the current secret and
         encrypted exactly when this envelope encrypts; any other blob should be re-sealed
         on its next save, so changing the secret or turning encryption on or off migrates
         sessions as they are used and drops none.
         """
         magic = blob[:4]
         if magic == MAGIC:
-            return self._open(_prefixed(store_key), blob)
+            opened = self._open(blob, _HEADER, b"")
+            if opened.address != address(store_key):
+                raise BadPayloadError("blob belongs to another session (moved or copied)")
+            return opened
+        if magic == MAGIC_V2:
+            return self._open(blob, _HEADER_V2, _prefixed(store_key))
         if magic == MAGIC_V1:
             return self._open_v1(_prefixed(store_key), blob)
-        if magic[:3] == b"FDS" and magic[3:].isdigit() and magic > MAGIC:
-            raise ForeignPayloadError(f"format {magic.decode()} is newer than this release")
-        raise BadPayloadError(f"unknown format {magic!r}")
+        raise self._unknown(magic)
 
-    def _open(self, name: bytes, blob: bytes) -> Opened:
-        if len(blob) < _HEADER.size:
+    def inspect(self, blob: bytes) -> Opened:
+        """Authenticate *blob* without knowing its session: for a v3 blob, as :meth:`open`
+        but ``address`` says whose it is. Blobs of earlier formats name no session and raise
+        :class:`ForeignPayloadError` (they open, given the store key, with :meth:`open`)."""
+        magic = blob[:4]
+        if magic == MAGIC:
+            return self._open(blob, _HEADER, b"")
+        if magic in (MAGIC_V2, MAGIC_V1):
+            raise ForeignPayloadError(
+                f"format {magic.decode()} of an earlier release names no session;"
+                " it is authenticated when its session is next used, and then rewritten"
+            )
+        raise self._unknown(magic)
+
+    @staticmethod
+    def _unknown(magic: bytes) -> DillSessionError:
+        if magic[:3] == b"FDS" and magic[3:].isdigit() and magic > MAGIC:
+            return ForeignPayloadError(f"format {magic.decode()} is newer than this release")
+        return BadPayloadError(f"unknown format {magic!r}")
+
+    def _open(self, blob: bytes, header: struct.Struct, name: bytes) -> Opened:
+        """Open a v3 blob (*header* ``_HEADER``) or a v2 blob (``_HEADER_V2``, its MAC
+        covering *name*, the prefixed store key, first)."""
+        if len(blob) < header.size:
             raise BadPayloadError("blob is truncated")
-        _, flags, created, expires, key_id, size = _HEADER.unpack_from(blob)
-        start = _HEADER.size + size  # of the payload, or of the nonce
+        fields = header.unpack_from(blob)
+        flags, created, expires, key_id = fields[1:5]
+        size = fields[-1]
+        start = header.size + size  # of the payload, or of the nonce
         encrypted = bool(flags & ENCRYPTED)
         if len(blob) < start + (_AEAD_OVERHEAD if encrypted else _MAC_SIZE):
             raise BadPayloadError("blob is truncated")
@@ -193,16 +234,17 @@ class Envelope:
         if payload is None:
             raise BadPayloadError("authentication failed (tampered, or moved from another session)")
         try:
-            version = blob[_HEADER.size : start].decode() if size else None
+            version = blob[header.size : start].decode() if size else None
         except UnicodeDecodeError as error:
             raise BadPayloadError("version is not UTF-8") from error
-        current = key is self._keys[0] and encrypted == self._encrypt
-        return Opened(payload, flags, created, expires or None, current, version)
+        current = header is _HEADER and key is self._keys[0] and encrypted == self._encrypt
+        where = fields[5] if header is _HEADER else None
+        return Opened(payload, flags, created, expires or None, current, version, where)
 
     def _unseal(
         self, key: _Key, name: bytes, blob: bytes, start: int, encrypted: bool
     ) -> bytes | None:
-        """The payload of the v2 *blob* if *key* authenticates it, else None."""
+        """The payload of *blob* if *key* authenticates it (after *name*), else None."""
         if encrypted:
             return key.cipher().open(name + blob[:start], blob[start:])
         if not key.verify(name, memoryview(blob)[:-_MAC_SIZE], blob[-_MAC_SIZE:]):

@@ -1,4 +1,5 @@
-"""Envelope v2: key ids, AES-GCM encryption at rest, and v1 blobs of earlier releases."""
+"""Envelope v3: addresses, key ids, AES-GCM encryption at rest, and v2 and v1 blobs of
+earlier releases."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-from flask_dill_session.envelope import ENCRYPTED, PERMANENT, Envelope, Opened
+from flask_dill_session.envelope import ENCRYPTED, PERMANENT, RETIRED, Envelope, Opened
 from flask_dill_session.exc import BadPayloadError, DillSessionError, ForeignPayloadError
 
 from .support import ROOT
@@ -20,9 +21,11 @@ PAYLOAD = b"\x80\x05payload with a marker: SECRET-MARKER-7f3a" + bytes(range(64)
 MARKER = b"SECRET-MARKER-7f3a"
 CREATED, EXPIRES = 1_700_000_000.25, 1_700_604_800.5
 
-# The v2 layout, spelled out independently of the module under test.
-HEADER = struct.Struct(">4sBdd8sB")
+# The v3 layout, spelled out independently of the module under test.
+HEADER = struct.Struct(">4sBdd8s16sB")
+HEADER_V2 = struct.Struct(">4sBdd8sB")
 KEY_ID = slice(21, 29)
+ADDRESS = hashlib.sha256(KEY.encode()).digest()[:16]
 MAC_SIZE = 32
 NONCE_SIZE, TAG_SIZE = 12, 16
 
@@ -52,6 +55,16 @@ def seal(
     )
 
 
+def seal_v2(secret: str, payload: bytes, *, version: bytes = b"2.3.1") -> bytes:
+    """A blob exactly as releases before v3 wrote it."""
+    header = HEADER_V2.pack(
+        b"FDS2", PERMANENT, CREATED, EXPIRES, bytes.fromhex(key_id(secret)), len(version)
+    )
+    header += version
+    mac = hmac.new(mac_key(secret), name(KEY) + header + payload, hashlib.sha256).digest()
+    return header + payload + mac
+
+
 def seal_v1(secret: str, payload: bytes, *, flags: int, expires: float | None) -> bytes:
     """A blob exactly as releases before v2 wrote it."""
     header = struct.pack(">4sBdd", b"FDS1", flags, CREATED, expires or 0.0)
@@ -72,7 +85,8 @@ def test_round_trip(encrypt: bool, version: str | None) -> None:
     envelope = Envelope("secret", encrypt=encrypt)
     opened = envelope.open(KEY, seal(envelope, version=version))
     extra = ENCRYPTED if encrypt else 0
-    assert opened == Opened(PAYLOAD, PERMANENT | extra, CREATED, EXPIRES, True, version or None)
+    expected = Opened(PAYLOAD, PERMANENT | extra, CREATED, EXPIRES, True, version or None, ADDRESS)
+    assert opened == expected
 
 
 @pytest.mark.parametrize("encrypt", [False, True])
@@ -86,9 +100,9 @@ def test_no_flags_no_expiry_empty_payload(encrypt: bool) -> None:
 
 def test_the_plain_layout() -> None:
     blob = seal(Envelope("secret"))
-    header = HEADER.pack(b"FDS2", PERMANENT, CREATED, EXPIRES, bytes.fromhex(key_id("secret")), 5)
-    header += b"2.3.1"
-    mac = hmac.new(mac_key("secret"), name(KEY) + header + PAYLOAD, "sha256").digest()
+    key = bytes.fromhex(key_id("secret"))
+    header = HEADER.pack(b"FDS3", PERMANENT, CREATED, EXPIRES, key, ADDRESS, 5) + b"2.3.1"
+    mac = hmac.new(mac_key("secret"), header + PAYLOAD, "sha256").digest()
     assert blob == header + PAYLOAD + mac
 
 
@@ -96,7 +110,13 @@ def test_the_encrypted_layout_and_a_fresh_nonce_per_seal() -> None:
     envelope = Envelope("secret", encrypt=True)
     first, second = seal(envelope), seal(envelope)
     header = HEADER.pack(
-        b"FDS2", PERMANENT | ENCRYPTED, CREATED, EXPIRES, bytes.fromhex(key_id("secret")), 5
+        b"FDS3",
+        PERMANENT | ENCRYPTED,
+        CREATED,
+        EXPIRES,
+        bytes.fromhex(key_id("secret")),
+        ADDRESS,
+        5,
     )
     header += b"2.3.1"
     for blob in (first, second):
@@ -120,6 +140,8 @@ def test_the_version_and_flags_are_checked_when_sealing() -> None:
         seal(envelope, version="x" * 256)
     with pytest.raises(ValueError, match="flags"):
         envelope.seal(KEY, PAYLOAD, flags=ENCRYPTED, created=CREATED, expires=None)
+    retired = envelope.seal(KEY, PAYLOAD, flags=RETIRED, created=CREATED, expires=None)
+    assert envelope.open(KEY, retired).flags == RETIRED
 
 
 # -- key ids and rotation --------------------------------------------------------------------
@@ -192,8 +214,10 @@ HEADER_REGIONS = {
     "expires": 17,
     "key id": 21,
     "key id, last byte": 28,
-    "version size": 29,
-    "version": 31,
+    "address": 29,
+    "address, last byte": 44,
+    "version size": 45,
+    "version": 47,
 }
 BODY_REGIONS = {  # offsets from the end of the header (+) or from the end of the blob (-)
     False: {"payload": 5, "mac": -1},
@@ -253,8 +277,11 @@ def test_a_blob_moved_to_another_session_is_bad(encrypt: bool) -> None:
     envelope = Envelope("secret", encrypt=encrypt)
     blob = seal(envelope)
     for other in (KEY + "0", KEY[:-1], "session:", ""):
-        with pytest.raises(BadPayloadError, match="authentication failed"):
+        with pytest.raises(BadPayloadError, match="another session"):
             envelope.open(other, blob)
+    forged = blob.replace(ADDRESS, hashlib.sha256(b"other").digest()[:16])
+    with pytest.raises(BadPayloadError, match="authentication failed"):
+        envelope.open("other", forged)  # the address is authenticated
 
 
 def test_unknown_formats() -> None:
@@ -265,11 +292,48 @@ def test_unknown_formats() -> None:
     with pytest.raises(BadPayloadError, match="unknown format"):
         envelope.open(KEY, b"FDS0" + blob[4:])
     with pytest.raises(ForeignPayloadError, match="newer") as caught:
-        envelope.open(KEY, b"FDS3" + blob[4:])
+        envelope.open(KEY, b"FDS4" + blob[4:])
     assert caught.value.key_id is None
 
 
-# -- v1 blobs of earlier releases ----------------------------------------------------------
+# -- inspecting without the session id -------------------------------------------------------
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_inspect_authenticates_and_names_the_session_without_its_id(encrypt: bool) -> None:
+    envelope = Envelope("secret", encrypt=encrypt)
+    blob = seal(envelope)
+    opened = envelope.inspect(blob)
+    assert (opened.payload, opened.address) == (PAYLOAD, ADDRESS)
+    for index in (5, 30, len(blob) - 1):
+        with pytest.raises(BadPayloadError):
+            envelope.inspect(flipped(blob, index))
+    with pytest.raises(ForeignPayloadError):
+        Envelope("other").inspect(blob)
+
+
+def test_inspect_leaves_blobs_of_earlier_formats_to_their_session() -> None:
+    envelope = Envelope("secret")
+    for blob in (seal_v2("secret", PAYLOAD), seal_v1("secret", PAYLOAD, flags=0, expires=None)):
+        with pytest.raises(ForeignPayloadError, match="earlier release names no session"):
+            envelope.inspect(blob)
+
+
+# -- v2 and v1 blobs of earlier releases ----------------------------------------------------
+
+
+def test_a_v2_blob_opens_and_asks_for_a_reseal() -> None:
+    blob = seal_v2("secret", PAYLOAD)
+    for envelope in (Envelope("secret"), Envelope("new", ["secret"])):
+        opened = envelope.open(KEY, blob)
+        assert opened == Opened(PAYLOAD, PERMANENT, CREATED, EXPIRES, False, "2.3.1", None)
+    with pytest.raises(BadPayloadError):
+        Envelope("secret").open(KEY + "x", blob)  # its MAC covers the store key
+    with pytest.raises(ForeignPayloadError):
+        Envelope("other").open(KEY, blob)
+    for index in range(4, len(blob)):
+        with pytest.raises(BadPayloadError):
+            Envelope("secret").open(KEY, flipped(blob, index))
 
 
 @pytest.mark.parametrize("encrypt", [False, True])

@@ -27,23 +27,15 @@ these failures: the caller logs one line. Besides:
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
 from ..config import Settings
 from ..exc import StoreUnavailableError
+from ..names import fingerprint, quarantine_name
 
-
-def fingerprint(key: str) -> str:
-    """A short hash that names a session in logs and quarantine without revealing its id."""
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-def quarantine_name(key: str, blob: bytes) -> str:
-    """The name a bad blob is kept under: the session's fingerprint and a hash of the blob."""
-    return f"{fingerprint(key)}:{hashlib.sha256(blob).hexdigest()[:16]}"
+__all__ = ["Entry", "Store", "fingerprint", "quarantine_name"]
 
 
 class Entry(ABC):
