@@ -10,6 +10,7 @@ from .exc import (
     StoreUnavailableError,
 )
 from .extension import Session
+from .helpers import current_session, destroy, regenerate, revoke_other_sessions
 from .interface import DillSessionInterface
 from .session import DillSession
 
@@ -26,4 +27,8 @@ __all__ = [
     "SessionTooLargeError",
     "SessionUnavailableError",
     "StoreUnavailableError",
+    "current_session",
+    "destroy",
+    "regenerate",
+    "revoke_other_sessions",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from . import serializer
+from . import envelope, serializer
 from .envelope import PERMANENT, Envelope
 from .exc import SessionSerializationError, SessionTooLargeError
 from .loader import Loader
@@ -112,7 +112,17 @@ class Codec:
         Raises :class:`~.exc.BadPayloadError` (tampered, malformed, unloadable: quarantine
         it) or :class:`~.exc.ForeignPayloadError` (another key or Python: leave it).
         """
-        sealed = self.envelope.open(key, blob)
+        return self._load(self.envelope.open(key, blob))
+
+    def inspect(self, blob: bytes) -> tuple[bytes, Opened]:
+        """:meth:`open` without the store key, for the operations commands: the address of
+        the session *blob* belongs to, and the session. Blobs of earlier formats raise
+        :class:`~.exc.ForeignPayloadError` (they name no session)."""
+        sealed = self.envelope.inspect(blob)
+        assert sealed.address is not None
+        return sealed.address, self._load(sealed)
+
+    def _load(self, sealed: envelope.Opened) -> Opened:
         data, dropped, notes = self.loader.load(sealed.payload)
         current = sealed.version == self.version
         if not current:  # the rare case: copies to add to

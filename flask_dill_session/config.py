@@ -40,6 +40,7 @@ class Settings:
     version: str | None = None
     renames: Mapping[str, str] = field(default_factory=dict)
     encrypt: bool = False
+    user_key: str | None = None  # the session key naming the user, for the user index
 
 
 DEFAULTS = Settings()
@@ -163,6 +164,7 @@ KEYS: dict[str, tuple[str, Check]] = {
     "SESSION_DILL_VERSION": ("version", _version),
     "SESSION_DILL_RENAMES": ("renames", _renames),
     "SESSION_DILL_ENCRYPT": ("encrypt", _flag),
+    "SESSION_DILL_USER_KEY": ("user_key", _or_none(_text)),
 }
 
 

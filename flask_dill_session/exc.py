@@ -12,6 +12,11 @@ class ConfigError(DillSessionError, ValueError):
     """A configuration value is missing or invalid; the message names the key."""
 
 
+class UnsupportedError(DillSessionError):
+    """The store cannot do this (e.g. list the sessions of a cachelib cache); the message
+    says which store and what."""
+
+
 class SessionSerializationError(DillSessionError, TypeError):
     """A session value cannot be serialized; the message names its key path and type.
 

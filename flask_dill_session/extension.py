@@ -78,6 +78,11 @@ class Session:
         except ImportError as exc:
             raise ConfigError(f"SESSION_DILL_ENCRYPT: {exc}") from None
         store = _backend(settings.backend).from_config(settings, app.config)
+        if settings.user_key is not None and not store.supports_index:
+            raise ConfigError(
+                f"SESSION_DILL_USER_KEY: the {settings.backend} backend keeps no index of"
+                " sessions by user; use the filesystem or redis backend"
+            )
         return DillSessionInterface(store, codec, settings)
 
 

@@ -29,6 +29,7 @@ from .exc import (
     LockTimeoutError,
     SessionUnavailableError,
 )
+from .inventory import Inventory, SessionInfo
 from .session import DillSession
 from .stores.base import Entry, Store, fingerprint
 
@@ -192,6 +193,22 @@ class DillSessionInterface(SessionInterface):
         session.clear()  # not dict.clear: *session* may be the flask.session proxy
         self._start(session, created=self.clock())
 
+    def inventory(self, app: Flask) -> Inventory:
+        """The operations on this app's stored sessions (listing, checking, revoking)."""
+        return Inventory(self.store, self.codec, self.idle_lifetime(app), clock=self.clock)
+
+    def sessions_of(self, user: object) -> list[SessionInfo]:
+        """The stored sessions of *user* (the value of ``SESSION_DILL_USER_KEY``), read from
+        the index without loading any session."""
+        return list(self.inventory(current_app).sessions(str(user)))
+
+    def revoke_user(self, user: object, keep: str | None = None) -> int:
+        """Delete every session of *user* now, but the one of session id *keep*; how many.
+        A request holding one meanwhile does not write it back: its client's next request
+        gets a fresh session."""
+        handle = None if keep is None else self.store.handle(self.store_key(keep))
+        return self.inventory(current_app).revoke_user(str(user), keep=handle)
+
     def release(self, session: DillSession) -> None:
         """Release the session's lock, if this request holds one. Idempotent."""
         if session.entry is not None:
@@ -256,6 +273,8 @@ class DillSessionInterface(SessionInterface):
             permanent=meta.permanent,
             reseal=opened.reseal,
         )
+        if self.settings.user_key is not None:
+            session.indexed_user = self._user_of(opened.data)
         return True
 
     def _foreign(self, entry: Entry, exc: ForeignPayloadError) -> None:
@@ -335,10 +354,25 @@ class DillSessionInterface(SessionInterface):
             if not entry.write(blob, ttl):
                 return  # deleted meanwhile (logout elsewhere): do not resurrect
             session.written = True
+            if self.settings.user_key is not None:
+                self._index(session, data, ttl)
         else:
             entry.touch(ttl)
         if self.should_set_cookie(app, session):
             self._set_cookie(app, session, response)
+
+    def _user_of(self, data: Mapping[str, object]) -> str | None:
+        user = data.get(self.settings.user_key or "")
+        return None if user is None else str(user)
+
+    def _index(self, session: DillSession, data: Mapping[str, object], ttl: float) -> None:
+        """Record a written session under its user, when that user is new to it."""
+        user = self._user_of(data)
+        if user is not None and user != session.indexed_user:
+            assert session.entry is not None
+            handle = self.store.handle(session.entry.key)
+            self.store.index(user, handle, self.clock() + ttl)
+            session.indexed_user = user
 
     def _strike(self, app: Flask, session: DillSession) -> None:
         """The request ended in an unhandled exception: nothing it changed is written.

@@ -39,6 +39,7 @@ class DillSession(dict[str, Any], SessionMixin):
         self.after_view = False  # the view has returned: a store failure now answers 503
         self.failed = False  # the request ended in an unhandled exception
         self.unavailable: SessionUnavailableError | None = None  # why it could not be used
+        self.indexed_user: str | None = None  # the user it is indexed under, as loaded
         self._permanent = permanent
         self._loader: Callable[[DillSession], None] | None = loader
 

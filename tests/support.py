@@ -179,8 +179,17 @@ class Client:
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
 
     def get(self, path: str, timeout: float = 30.0) -> tuple[int, str, dict[str, str]]:
+        return self.request(path, None, timeout)
+
+    def post(self, path: str, timeout: float = 30.0) -> tuple[int, str, dict[str, str]]:
+        return self.request(path, b"", timeout)
+
+    def request(
+        self, path: str, body: bytes | None, timeout: float = 30.0
+    ) -> tuple[int, str, dict[str, str]]:
+        """GET *path*, or POST *body* to it; the status, text and headers."""
         try:
-            with self.opener.open(self.base_url + path, timeout=timeout) as response:
+            with self.opener.open(self.base_url + path, body, timeout=timeout) as response:
                 return response.status, response.read().decode(), dict(response.headers)
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode(), dict(error.headers)

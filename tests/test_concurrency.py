@@ -348,9 +348,9 @@ class CountingStore(FileSystemStore):
         self.ops["new"] += 1
         return CountingEntry(super().new(key), self.ops)
 
-    def cleanup(self) -> int:
+    def cleanup(self, report: Counter[str] | None = None) -> int:
         self.ops["cleanup"] += 1
-        return super().cleanup()
+        return super().cleanup(report)
 
 
 def test_a_request_that_does_not_use_the_session_makes_no_store_operation(

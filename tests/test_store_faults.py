@@ -334,7 +334,7 @@ def test_cleanup_quarantines_damaged_files_instead_of_deleting_them(tmp_path: Pa
     assert not damaged.exists()
     (kept,) = stored_files(Path(store.quarantine_dir))
     assert kept.read_bytes() == pickle.dumps("foreign")
-    assert kept.name.startswith(damaged.name + ".")
+    assert kept.name.startswith(f"unknown.{damaged.name}.")  # no session names it
     assert kept.stat().st_mtime == pytest.approx(time.time() + 600, abs=60)
 
 

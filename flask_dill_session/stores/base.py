@@ -28,14 +28,28 @@ these failures: the caller logs one line. Besides:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Any
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from ..config import Settings
-from ..exc import StoreUnavailableError
+from ..exc import StoreUnavailableError, UnsupportedError
 from ..names import fingerprint, quarantine_name
 
-__all__ = ["Entry", "Store", "fingerprint", "quarantine_name"]
+__all__ = ["Entry", "Item", "Store", "fingerprint", "quarantine_name"]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One stored blob as the operations commands see it, named by the store's own
+    *handle* (a file name, a Redis key), never by a session id."""
+
+    handle: str
+    blob: bytes | None  # None: the stored bytes are no session at all (see damage)
+    deadline: float  # a session's idle deadline; a quarantined blob's keep-until time
+    size: int  # bytes the store holds for it
+    damage: str | None = None
 
 
 class Entry(ABC):
@@ -115,6 +129,8 @@ class Store(ABC):
 
     #: Whether :meth:`open` with ``lock=True`` serializes concurrent requests.
     supports_locking: bool = True
+    #: Whether :meth:`index` and :meth:`indexed` work (``SESSION_DILL_USER_KEY``).
+    supports_index: bool = False
 
     @classmethod
     @abstractmethod
@@ -130,6 +146,58 @@ class Store(ABC):
     def new(self, key: str) -> Entry:
         """An entry for a key that is not stored yet; writing it creates it."""
 
-    def cleanup(self) -> int:
-        """Remove expired sessions and old quarantined blobs; return how many."""
+    def cleanup(self, report: Counter[str] | None = None) -> int:
+        """Remove expired sessions and old quarantined blobs; return how many, and count
+        them by kind in *report* if given."""
         return 0
+
+    # -- operations (the command line); none is on a request's path --------------------
+    # A store that cannot do one raises UnsupportedError (via _unsupported).
+
+    def describe(self) -> str:
+        """Where the sessions are, for messages: a directory, a Redis address."""
+        return type(self).__name__
+
+    def handle(self, key: str) -> str:
+        """The store's own name for the session stored under *key*."""
+        self._unsupported("name stored sessions")
+
+    def items(self) -> Iterator[Item]:
+        """Every stored session, the expired ones not yet removed included."""
+        self._unsupported("list stored sessions")
+
+    def item(self, handle: str) -> Item | None:
+        """The stored session *handle*, ``None`` if it is gone."""
+        self._unsupported("read sessions by name")
+
+    def remove(self, handle: str) -> bool:
+        """Delete the session *handle* now; a request holding it meanwhile never writes it
+        back. ``False`` if it was gone."""
+        self._unsupported("delete sessions by name")
+
+    def quarantined(self) -> Iterator[Item]:
+        """Every blob kept in quarantine."""
+        self._unsupported("list its quarantine")
+
+    def restore(self, handle: str, blob: bytes, ttl: float) -> bool:
+        """Store *blob*, taken from the quarantined *handle*, back as its session, expiring
+        *ttl* seconds from now, and drop it from quarantine; ``False`` if that session
+        exists again (nothing changed) or the quarantined blob is gone."""
+        self._unsupported("restore from quarantine")
+
+    def discard(self, handle: str) -> bool:
+        """Delete the quarantined blob *handle*; ``False`` if it was gone."""
+        self._unsupported("purge its quarantine")
+
+    def index(self, user: str, handle: str, deadline: float) -> None:
+        """Record that the session *handle*, live until about *deadline*, belongs to
+        *user*. Entries of sessions gone since are pruned when read."""
+        self._unsupported("index sessions by user")
+
+    def indexed(self, user: str | None = None) -> Iterator[tuple[str, str]]:
+        """``(user, handle)`` for every indexed session of *user* (of every user if
+        ``None``) that still exists."""
+        self._unsupported("index sessions by user")
+
+    def _unsupported(self, what: str) -> NoReturn:
+        raise UnsupportedError(f"{self.describe()} cannot {what}")

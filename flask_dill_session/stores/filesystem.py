@@ -54,13 +54,15 @@ import os
 import secrets
 import stat
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ..config import DEFAULTS, Settings
 from ..exc import LockTimeoutError, StoreUnavailableError
+from ._fs_ops import FileOperations, quarantine_file_name
 from ._records import MAGIC, RECORD, frame, last_record, parse, strike_frame
-from .base import Entry, Store, fingerprint
+from .base import Entry, fingerprint
 
 __all__ = ["FileSystemStore", "frame", "last_record", "strike_frame"]
 
@@ -76,8 +78,10 @@ _TOUCH_STEP = 1.0  # seconds; a touch that would move the deadline by less is sk
 _CREATE_GRACE = 10.0  # seconds; an empty file younger than this may be a create in flight
 
 
-class FileSystemStore(Store):
+class FileSystemStore(FileOperations):
     """Session blobs as files below *directory*."""
+
+    supports_index = True
 
     def __init__(
         self,
@@ -212,21 +216,25 @@ class FileSystemStore(Store):
             entry.fault = self.unavailable("opening a session for writing", denied, path)
         return entry
 
-    def cleanup(self) -> int:
-        """Remove expired session files, stale temporary files and old quarantine; move files
-        that hold no session at all (``damage``) to quarantine. Returns how many it removed."""
+    def cleanup(self, report: Counter[str] | None = None) -> int:
+        """Remove expired session files, stale temporary files, old quarantine and index
+        markers of sessions gone; move files that hold no session at all (``damage``) to
+        quarantine. Returns how many it removed (markers not counted)."""
         now = self.clock()
-        removed = 0
+        counts = Counter[str]() if report is None else report
         with self.errors("cleaning up"):
             for entry in _files(self.directory, shards=True):
                 if entry.name.endswith(_TMP_SUFFIX):
                     if _mtime(entry) < now - 3600:
-                        removed += _unlink_quietly(entry.path)
+                        counts["temporary files"] += _unlink_quietly(entry.path)
                 elif _mtime(entry) < now - _CLEANUP_GRACE:
-                    removed += self._reap(entry.path, now)
+                    counts["expired sessions"] += self._reap(entry.path, now)
             for entry in _files(self.quarantine_dir, shards=False):
                 if _mtime(entry) < now:
-                    removed += _unlink_quietly(entry.path)
+                    counts["quarantined blobs past their keep time"] += _unlink_quietly(entry.path)
+            removed = sum(counts.values())
+            counts["user index entries of sessions gone"] += self.prune_index()
+            counts["revocation marks over an hour old"] += self.prune_revoked(now - 3600)
         return removed
 
     def _reap(self, path: str, now: float) -> int:
@@ -244,7 +252,7 @@ class FileSystemStore(Store):
             if not info.st_nlink or max(deadline, info.st_mtime) >= now - _CLEANUP_GRACE:
                 return 0
             if blob is None and _damage(data, info.st_mtime) is not None:
-                name = f"{os.path.basename(path)}.{int(now)}.{secrets.token_hex(4)}"
+                name = quarantine_file_name("unknown", path, now, secrets.token_hex(4))
                 self.keep(path, name, now + self.quarantine_lifetime)
                 return 0
             return _unlink_quietly(path)
@@ -365,7 +373,7 @@ class _FileEntry(Entry):
             return
         self._check_writable("quarantining a session")
         now = self.store.clock()
-        name = f"{fingerprint(self.key)}.{int(now)}.{secrets.token_hex(4)}"  # as logged
+        name = quarantine_file_name(fingerprint(self.key), self.path, now, secrets.token_hex(4))
         with self.store.errors("quarantining a session", self.path):
             self.store.keep(self.path, name, now + ttl)
 
@@ -374,7 +382,7 @@ class _FileEntry(Entry):
             return
         self._check_writable("keeping a copy of a session")
         now = self.store.clock()
-        name = f"{fingerprint(self.key)}.{int(now)}.{secrets.token_hex(4)}"  # as logged
+        name = quarantine_file_name(fingerprint(self.key), self.path, now, secrets.token_hex(4))
         with self.store.errors("keeping a copy of a session", self.path):
             self.store.keep_copy(frame(self.blob, now + ttl), name, now + ttl)
 
@@ -462,10 +470,13 @@ class _FileEntry(Entry):
         finally:
             os.close(fd)
         assert self._fd is not None
-        if not self._locked and os.fstat(self._fd).st_nlink == 0:
+        if os.fstat(self._fd).st_nlink == 0:  # deleted meanwhile (revoked, even if locked)
             _unlink_quietly(tmp)
             return False
         os.rename(tmp, self.path)
+        if self.store.revoked(self.path):  # revoked after the check above: undo
+            _unlink_quietly(self.path)
+            return False
         if self.store.fsync:
             _fsync_dir(os.path.dirname(self.path))
         return True

@@ -80,6 +80,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -263,7 +264,7 @@ class RedisStore(Store):
             return self.new(key)
         return _RedisEntry(self, key, session_lock.blob, session_lock, session_lock.strikes)
 
-    def cleanup(self) -> int:
+    def cleanup(self, report: Counter[str] | None = None) -> int:
         """Nothing to do: Redis expires idle sessions, old locks and quarantine by TTL."""
         return 0
 

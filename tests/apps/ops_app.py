@@ -1,0 +1,76 @@
+"""An app with logins and the user index, for the operations tests.
+
+Config from the environment: ``FDS_SESSION_DIR`` (filesystem store), or ``FDS_REDIS_PORT``
+(the Redis backend on that local port). ``flask --app tests.apps.ops_app dill-session ...``
+runs the command line against it. ``/hold`` uses the session, says so by creating
+``<FDS_FLAG_DIR>/holding``, then waits for ``<FDS_FLAG_DIR>/release`` before changing it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, session
+
+from flask_dill_session import Session, current_session, destroy, regenerate, revoke_other_sessions
+
+
+class Cart:
+    def __init__(self, items: list[str]) -> None:
+        self.items = items
+
+
+def create_app() -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY="ops-secret",
+        SESSION_TYPE="dill",
+        SESSION_DILL_USER_KEY="user_id",
+        SESSION_DILL_LOCK_TIMEOUT=30,
+    )
+    if "FDS_REDIS_PORT" in os.environ:
+        import redis
+
+        app.config.update(
+            SESSION_DILL_BACKEND="redis",
+            SESSION_REDIS=redis.Redis(port=int(os.environ["FDS_REDIS_PORT"])),
+        )
+    else:
+        app.config["SESSION_FILE_DIR"] = os.environ["FDS_SESSION_DIR"]
+    Session(app)
+
+    @app.post("/login/<user>")
+    def login(user: str) -> dict[str, Any]:
+        regenerate()
+        session["user_id"] = user
+        session["cart"] = Cart(["apple"])
+        return {"sid": current_session().sid}
+
+    @app.get("/whoami")
+    def whoami() -> dict[str, Any]:
+        return {"user": session.get("user_id"), "held": session.get("held", False)}
+
+    @app.post("/logout-others")
+    def logout_others() -> dict[str, int]:
+        return {"revoked": revoke_other_sessions()}
+
+    @app.post("/logout")
+    def logout() -> str:
+        destroy()
+        return "bye"
+
+    @app.get("/hold")
+    def hold() -> str:
+        flags = Path(os.environ["FDS_FLAG_DIR"])
+        session.get("user_id")  # loaded: this request holds the session's lock
+        (flags / "holding").touch()
+        deadline = time.monotonic() + 30
+        while not (flags / "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        session["held"] = True
+        return "held"
+
+    return app
