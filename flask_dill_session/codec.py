@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from . import envelope, serializer
-from .envelope import PERMANENT, Envelope
+from .envelope import PERMANENT, RETIRED, Envelope
 from .exc import SessionSerializationError, SessionTooLargeError
 from .loader import Loader
 
@@ -27,7 +27,8 @@ class Meta(NamedTuple):
 
     permanent: bool
     created: float
-    expires: float | None  # the absolute deadline, if any
+    expires: float | None  # the absolute deadline, if any; of a retired blob, its grace's end
+    retired: bool = False  # the id was replaced by regenerate: readable during a grace only
 
 
 class Opened(NamedTuple):
@@ -100,7 +101,7 @@ class Codec:
         return self.envelope.seal(
             key,
             stored,
-            flags=PERMANENT if meta.permanent else 0,
+            flags=(PERMANENT if meta.permanent else 0) | (RETIRED if meta.retired else 0),
             created=meta.created,
             expires=meta.expires,
             version=self.version,
@@ -129,7 +130,8 @@ class Codec:
             dropped, more = dict(dropped), list(notes)
             data = self._upgrade(sealed.payload, data, sealed.version, dropped, more)
             notes = tuple(more)
-        meta = Meta(bool(sealed.flags & PERMANENT), sealed.created, sealed.expires)
+        flags = sealed.flags
+        meta = Meta(bool(flags & PERMANENT), sealed.created, sealed.expires, bool(flags & RETIRED))
         payload = serializer.unstored(sealed.payload) if current and not dropped else None
         return Opened(data, payload, meta, not sealed.current_key, dropped, notes)
 

@@ -41,6 +41,7 @@ class Settings:
     renames: Mapping[str, str] = field(default_factory=dict)
     encrypt: bool = False
     user_key: str | None = None  # the session key naming the user, for the user index
+    rotation_grace: float | None = 10.0  # seconds an id replaced by regenerate stays readable
 
 
 DEFAULTS = Settings()
@@ -165,6 +166,7 @@ KEYS: dict[str, tuple[str, Check]] = {
     "SESSION_DILL_RENAMES": ("renames", _renames),
     "SESSION_DILL_ENCRYPT": ("encrypt", _flag),
     "SESSION_DILL_USER_KEY": ("user_key", _or_none(_text)),
+    "SESSION_DILL_ROTATION_GRACE": ("rotation_grace", _or_none(_seconds)),
 }
 
 

@@ -21,7 +21,7 @@ from flask.globals import request_ctx
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.http import dump_cookie
 
-from .codec import Codec, Meta
+from .codec import Codec, Meta, Opened
 from .config import DEFAULTS, Settings
 from .exc import (
     BadPayloadError,
@@ -38,6 +38,7 @@ logger = logging.getLogger("flask_dill_session")
 _SID_CHARSET = re.compile(r"[A-Za-z0-9_-]+")
 _DEGRADED_LOG_EVERY = 60.0  # seconds between "serving reads only" warnings
 _COOKIE_HEADERS_KEPT = 4096  # Set-Cookie headers remembered, for requests within a second
+_RETIRED_KEPT = 3600.0  # seconds an id replaced by regenerate is remembered, to log its use
 
 
 class DillSessionInterface(SessionInterface):
@@ -180,9 +181,15 @@ class DillSessionInterface(SessionInterface):
     # -- lifecycle -------------------------------------------------------------
 
     def regenerate(self, session: DillSession) -> None:
-        """Give *session* a new id, keep its data, and make the old id invalid now."""
+        """Give *session* a new id and keep its data. The old id stays readable, read-only,
+        for ``rotation_grace`` seconds (requests of the same page still carrying it), then
+        is unknown; without a grace it is invalid at once."""
         session.load()
-        self._drop(session)
+        grace = self.settings.rotation_grace
+        if grace and not session.new and not session.retired:
+            self._retire(session, grace)
+        else:
+            self._drop(session)
         self._start(session, created=session.created)
         session.modified = True
 
@@ -258,6 +265,8 @@ class DillSessionInterface(SessionInterface):
             self._quarantine(entry, exc)
             return False
         meta = opened.meta
+        if meta.retired:
+            return self._served_retired(session, entry, opened)
         if self._past_absolute(meta.created, meta.expires):
             entry.delete()
             return False
@@ -325,6 +334,45 @@ class DillSessionInterface(SessionInterface):
         sid = self.generate_sid()
         session._reset(sid, self.store.new(self.store_key(sid)), created=created)
 
+    def _retire(self, session: DillSession, grace: float) -> None:
+        """Store *session*'s data under its old id as retired, readable until *grace*
+        seconds from now and remembered for ``_RETIRED_KEPT`` (to log a later use)."""
+        entry = session.entry
+        assert entry is not None
+        data = dict(session.items())  # *session* may be the flask.session proxy
+        meta = Meta(session.permanent, session.created, self.clock() + grace, retired=True)
+        try:
+            entry.write(
+                self.codec.seal(entry.key, data, self.codec.dumps(data), meta), _RETIRED_KEPT
+            )
+        finally:
+            entry.release()
+
+    def _served_retired(self, session: DillSession, entry: Entry, opened: Opened) -> bool:
+        """A retired blob: its data, read-only, within its grace; else a warning, and no
+        session."""
+        entry.release()  # read-only: no lock held
+        name, now = fingerprint(entry.key), self.clock()
+        ends = opened.meta.expires or 0.0
+        if now >= ends:
+            logger.warning(
+                "session %s: an id replaced by regenerate was used %.0f s after its grace"
+                " ended: possibly a stolen session id; answered with a new session",
+                name,
+                now - ends,
+            )
+            return False
+        session._restore(
+            opened.data,
+            entry,
+            payload=opened.payload,
+            created=opened.meta.created,
+            permanent=opened.meta.permanent,
+            reseal=False,
+        )
+        session.retired = True
+        return True
+
     def _drop(self, session: DillSession) -> None:
         assert session.entry is not None
         if not session.new:
@@ -338,6 +386,9 @@ class DillSessionInterface(SessionInterface):
             response.vary.add("Cookie")
         else:  # as above, without parsing and rewriting the header set
             response.headers["Vary"] = "Cookie"
+        if session.retired:
+            self._drop_retired_write(session)
+            return
         if not session:
             if not session.new:
                 entry.delete()
@@ -373,6 +424,18 @@ class DillSessionInterface(SessionInterface):
             handle = self.store.handle(session.entry.key)
             self.store.index(user, handle, self.clock() + ttl)
             session.indexed_user = user
+
+    def _drop_retired_write(self, session: DillSession) -> None:
+        """A request with an id in its rotation grace: nothing is written, no cookie set."""
+        if session.modified or self.codec.changed(
+            self.codec.dumps(dict.copy(session)), session.payload
+        ):
+            assert session.entry is not None
+            logger.warning(
+                "session %s: a change made with an id replaced by regenerate (in its"
+                " rotation grace) was not saved",
+                fingerprint(session.entry.key),
+            )
 
     def _strike(self, app: Flask, session: DillSession) -> None:
         """The request ended in an unhandled exception: nothing it changed is written.

@@ -40,6 +40,7 @@ class DillSession(dict[str, Any], SessionMixin):
         self.failed = False  # the request ended in an unhandled exception
         self.unavailable: SessionUnavailableError | None = None  # why it could not be used
         self.indexed_user: str | None = None  # the user it is indexed under, as loaded
+        self.retired = False  # its id was replaced by regenerate: served read-only (grace)
         self._permanent = permanent
         self._loader: Callable[[DillSession], None] | None = loader
 

@@ -197,6 +197,13 @@ class Client:
     def cookie(self, name: str = "session") -> str | None:
         return next((c.value for c in self.jar if c.name == name), None)
 
+    def clone(self) -> Client:
+        """Another client with a copy of this one's cookies (another tab, frozen in time)."""
+        other = Client(self.base_url)
+        for cookie in self.jar:
+            other.jar.set_cookie(cookie)
+        return other
+
 
 def run_deploy_app(tmp_path: Path, shop: str, *args: str, **env: str) -> tuple[str, list[str]]:
     """Run ``tests.apps.deploy_app`` with *shop* as its ``shop.py``: its output, and the

@@ -538,7 +538,7 @@ def test_destroy_deletes_now_and_is_not_undone_by_a_request_in_flight(
 
 
 def test_regenerate_keeps_the_data_under_a_new_id(backend: Backend, make_app: AppFactory) -> None:
-    app = build(backend, make_app)
+    app = build(backend, make_app, SESSION_DILL_ROTATION_GRACE=None)
     client = app.test_client()
     old = started(client, "a", 3)
     assert client.get("/regenerate").status_code == 200
@@ -549,6 +549,24 @@ def test_regenerate_keeps_the_data_under_a_new_id(backend: Backend, make_app: Ap
     stale = app.test_client()
     stale.set_cookie(COOKIE, old)
     assert stale.get("/get/a").text == "None"
+
+
+def test_the_old_id_is_read_only_during_the_rotation_grace(
+    backend: Backend, make_app: AppFactory
+) -> None:
+    app = build(backend, make_app)  # the default grace: 10 s
+    client = app.test_client()
+    old = started(client, "a", 3)
+    assert client.get("/regenerate").status_code == 200
+    stale = app.test_client()
+    stale.set_cookie(COOKIE, old)
+    response = stale.get("/set/a/4")
+    assert "Set-Cookie" not in response.headers
+    assert stale.get("/get/a").text == "3", "read-only: its write was dropped"
+    assert client.get("/get/a").text == "3"
+    backend.advance(11)
+    assert stale.get("/get/a").text == "None", "after the grace the old id is unknown"
+    assert client.get("/get/a").text == "3"
 
 
 # -- configuration -------------------------------------------------------------------------

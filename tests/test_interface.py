@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+import time
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,19 +29,12 @@ from flask_dill_session import (
     Session,
 )
 from flask_dill_session.config import DEFAULTS, KEYS, read_settings
+from flask_dill_session.names import fingerprint
 from flask_dill_session.stores.filesystem import FileSystemStore
 
+from .support import Clock
+
 AppFactory = Callable[..., Flask]
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def add_routes(app: Flask) -> Flask:
@@ -265,9 +259,10 @@ def test_a_session_emptied_by_the_view_is_deleted(app: Flask, session_dir: Path)
     assert client.get("/get/user").text == "None"
 
 
-def test_regenerate_keeps_the_data_and_invalidates_the_old_sid(
-    app: Flask, session_dir: Path
+def test_regenerate_without_a_grace_invalidates_the_old_sid_at_once(
+    make_app: AppFactory, session_dir: Path
 ) -> None:
+    app = add_routes(make_app(SESSION_DILL_ROTATION_GRACE=None))
     client = app.test_client()
     old = session_cookie(client.get("/set/user/alice")).value
     new = session_cookie(client.get("/regenerate")).value
@@ -280,6 +275,39 @@ def test_regenerate_keeps_the_data_and_invalidates_the_old_sid(
     thief.set_cookie("session", old)
     assert thief.get("/get/user").text == "None"
     assert files(session_dir) == [stored_path(app, new)]
+
+
+def test_the_old_sid_is_read_only_during_the_rotation_grace_then_unknown(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock(time.time())
+    interface(app).clock = clock
+    client = app.test_client()
+    old = session_cookie(client.get("/set/user/alice")).value
+    new = session_cookie(client.get("/regenerate")).value
+    assert client.get("/get/user").text == "alice"
+
+    parallel = app.test_client()  # a request of the same page, still carrying the old id
+    parallel.set_cookie("session", old)
+    response = parallel.get("/get/user")
+    assert response.text == "alice" and "Set-Cookie" not in response.headers
+    caplog.clear()
+    response = parallel.get("/set/user/mallory")
+    assert "Set-Cookie" not in response.headers, "never overwrites the new id's cookie"
+    assert parallel.get("/get/user").text == "alice", "its write was dropped"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"session {fingerprint('session:' + old)}: a change made with an id replaced by"
+        " regenerate (in its rotation grace) was not saved"
+    ]
+    cookie = client.get_cookie("session")
+    assert client.get("/get/user").text == "alice" and cookie is not None and cookie.value == new
+
+    clock.now += 10.5  # the grace (10 s) is over: the old id is unknown, and its use logged
+    caplog.clear()
+    assert parallel.get("/get/user").text == "None"
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "possibly a stolen session id" in warning
+    assert fingerprint("session:" + old) in warning
 
 
 def test_a_request_that_never_touches_the_session_does_nothing(

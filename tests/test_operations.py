@@ -274,3 +274,40 @@ def test_log_out_other_devices_even_one_in_flight(server: tuple[Any, Path]) -> N
     assert json.loads(laptop.get("/whoami")[1]) == {"user": None, "held": False}
     tablet_now = json.loads(tablet.get("/whoami")[1])
     assert tablet_now == {"user": None, "held": False}, "the in-flight write was not applied"
+
+
+def wait_for(flag: Path, thread: threading.Thread) -> None:
+    """Until the server creates *flag* (the request in *thread* reached that point)."""
+    while not flag.exists():
+        assert thread.is_alive(), "the request ended before it got there"
+        thread.join(0.01)
+
+
+def test_a_login_keeps_a_parallel_request_of_the_old_id_served_read_only(
+    server: tuple[Any, Path],
+) -> None:
+    running, flags = server
+    browser = Client(running.url)
+    assert browser.post("/visit")[0] == 200
+    old = browser.cookie()
+    tab = browser.clone()  # a parallel request of the same page, with the old id
+    answers: dict[str, tuple[int, str, dict[str, str]]] = {}
+    login = threading.Thread(target=lambda: answers.update(login=browser.post("/slow-login/zoe")))
+    peek = threading.Thread(target=lambda: answers.update(peek=tab.get("/peek")))
+    login.start()
+    try:
+        wait_for(flags / "login-holding", login)  # the login holds the old id's lock
+        peek.start()
+        wait_for(flags / "arrived", peek)  # the parallel request is about to wait for it
+    finally:
+        (flags / "release").touch()
+        login.join(60)
+        peek.join(60)
+
+    status, body, headers = answers["peek"]
+    assert (status, json.loads(body)) == (200, {"user": None, "cart": ["pear"]})
+    assert "Set-Cookie" not in headers, "the old id's answer never overwrites the new cookie"
+    assert answers["login"][0] == 200
+    new = browser.cookie()
+    assert new is not None and new != old
+    assert json.loads(browser.get("/peek")[1]) == {"user": "zoe", "cart": ["pear"]}

@@ -64,13 +64,37 @@ def create_app() -> Flask:
 
     @app.get("/hold")
     def hold() -> str:
-        flags = Path(os.environ["FDS_FLAG_DIR"])
         session.get("user_id")  # loaded: this request holds the session's lock
-        (flags / "holding").touch()
-        deadline = time.monotonic() + 30
-        while not (flags / "release").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        signal_and_wait("holding")
         session["held"] = True
         return "held"
 
+    @app.post("/visit")
+    def visit() -> str:
+        session["cart"] = Cart(["pear"])
+        return "ok"
+
+    @app.post("/slow-login/<user>")
+    def slow_login(user: str) -> dict[str, Any]:
+        session.get("cart")  # loaded: this request holds the session's lock
+        signal_and_wait("login-holding")
+        regenerate()
+        session["user_id"] = user
+        return {"sid": current_session().sid}
+
+    @app.get("/peek")
+    def peek() -> dict[str, Any]:
+        (Path(os.environ["FDS_FLAG_DIR"]) / "arrived").touch()  # before using the session
+        cart = session.get("cart")
+        return {"user": session.get("user_id"), "cart": None if cart is None else cart.items}
+
     return app
+
+
+def signal_and_wait(name: str) -> None:
+    """Create the flag *name*, then wait (30 s at most) for the flag ``release``."""
+    flags = Path(os.environ["FDS_FLAG_DIR"])
+    (flags / name).touch()
+    deadline = time.monotonic() + 30
+    while not (flags / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
