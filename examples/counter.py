@@ -72,7 +72,9 @@ def create_app() -> Flask:
 
     @app.route("/count")
     def count() -> str:
-        session["x"] += 1
+        if "x" not in session:  # /count before /start_counter: start from 0
+            session["started"] = datetime.now()
+        session["x"] = session.get("x", 0) + 1
         return f"{session['x']}-{datetime.now()}"
 
     @app.route("/cart/add/<item>")

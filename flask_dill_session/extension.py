@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import pkgutil
 from typing import Any
 
@@ -15,6 +16,17 @@ from .exc import ConfigError, SessionUnavailableError
 from .interface import DillSessionInterface
 from .session import DillSession
 from .stores.base import Store
+
+#: The ``SESSION_TYPE`` values Flask-Session itself serves (handed to it unchanged).
+FLASK_SESSION_TYPES = (
+    "redis",
+    "memcached",
+    "filesystem",
+    "cachelib",
+    "mongodb",
+    "sqlalchemy",
+    "dynamodb",
+)
 
 #: ``SESSION_DILL_BACKEND`` -> its store class, imported when chosen (redis is an extra).
 BACKENDS: dict[str, str] = {
@@ -47,8 +59,9 @@ class Session:
         return migrate
 
     def init_app(self, app: Flask) -> None:
-        """Install the session interface that ``app.config`` asks for."""
-        session_type = str(app.config.get("SESSION_TYPE", "null")).lower()
+        """Install the session interface that ``app.config`` asks for: ``SESSION_TYPE``
+        unset means ``"dill"``."""
+        session_type = _session_type(app.config.get("SESSION_TYPE"))
         if session_type != "dill":
             flask_session.Session().init_app(app)
         else:
@@ -84,6 +97,19 @@ class Session:
                 " sessions by user; use the filesystem or redis backend"
             )
         return DillSessionInterface(store, codec, settings)
+
+
+def _session_type(value: object) -> str:
+    """``SESSION_TYPE``, lowercased; ``ConfigError`` with a hint for one we do not know."""
+    if value is None:
+        return "dill"
+    name = str(value).lower()
+    known = ("dill", *FLASK_SESSION_TYPES)
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        raise ConfigError(f"SESSION_TYPE {value!r} is not one of {', '.join(known)}{hint}")
+    return name
 
 
 def _backend(name: str) -> type[Store]:

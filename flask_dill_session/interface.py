@@ -97,7 +97,7 @@ class DillSessionInterface(SessionInterface):
         permanence follow the stored session), or to refresh a permanent session's expiry."""
         assert isinstance(session, DillSession)
         return (
-            session.sid != session.cookie_sid
+            session._sid != session.cookie_sid
             or session.written
             or bool(session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"])
         )
@@ -170,7 +170,7 @@ class DillSessionInterface(SessionInterface):
         if exc.reported:
             return
         exc.reported = True
-        sid = session.sid or session.cookie_sid
+        sid = session._sid or session.cookie_sid
         name = fingerprint(self.store_key(sid)) if sid else "(new)"
         if isinstance(exc, LockTimeoutError):
             logger.warning("session %s is busy, answering 503: %s", name, exc)
@@ -474,7 +474,8 @@ class DillSessionInterface(SessionInterface):
         )
 
     def _set_cookie(self, app: Flask, session: DillSession, response: Response) -> None:
-        assert session.sid is not None
+        sid = session._sid
+        assert sid is not None
         expires = self.get_expiration_time(app, session)
         attributes = (
             self.get_cookie_name(app),
@@ -487,13 +488,13 @@ class DillSessionInterface(SessionInterface):
         )
         # Expires has whole seconds: the requests of one session within a second (a page
         # and its XHRs, a burst) send the same header, so it is built once.
-        key = (session.sid, None if expires is None else int(expires.timestamp()), attributes)
+        key = (sid, None if expires is None else int(expires.timestamp()), attributes)
         header = self._cookie_headers.get(key)
         if header is None:
             name, domain, path, secure, httponly, samesite, partitioned = attributes
             header = dump_cookie(
                 name,
-                session.sid,
+                sid,
                 expires=expires,
                 domain=domain,
                 path=path,

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 class DillSession(dict[str, Any], SessionMixin):
     """A dict-like session whose data is read from the store only when first used.
 
-    ``sid`` is the session id, ``new`` is true until the session has been stored,
+    ``sid`` is the session id (reading it uses the session, so it is always the id the
+    session is stored under), ``new`` is true until the session has been stored,
     ``modified`` is set by top-level writes (deeper changes are found when saving),
     ``accessed`` by any use, and ``permanent`` is kept with the stored session.
     """
@@ -24,7 +25,7 @@ class DillSession(dict[str, Any], SessionMixin):
         self, sid: str | None, permanent: bool, loader: Callable[[DillSession], None]
     ) -> None:
         super().__init__()
-        self.sid = sid
+        self._sid = sid
         self.cookie_sid = sid  # the id the request's cookie named, if it was valid
         self.new = sid is None
         self.modified = False
@@ -43,6 +44,13 @@ class DillSession(dict[str, Any], SessionMixin):
         self.retired = False  # its id was replaced by regenerate: served read-only (grace)
         self._permanent = permanent
         self._loader: Callable[[DillSession], None] | None = loader
+
+    @property
+    def sid(self) -> str:
+        """The session id: a string in every view (a new session has one before it is
+        stored; no cookie is set and nothing is stored unless it is written)."""
+        self._read()
+        return self._sid or ""
 
     # -- loading -------------------------------------------------------------------
 
@@ -82,7 +90,7 @@ class DillSession(dict[str, Any], SessionMixin):
 
     def _reset(self, sid: str, entry: Entry, *, created: float) -> None:
         """Become a new session *sid*, not stored yet (data is left as it is)."""
-        self.sid = sid
+        self._sid = sid
         self.entry = entry
         self.new = True
         self.payload = None

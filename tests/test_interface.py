@@ -32,7 +32,7 @@ from flask_dill_session.config import DEFAULTS, KEYS, read_settings
 from flask_dill_session.names import fingerprint
 from flask_dill_session.stores.filesystem import FileSystemStore
 
-from .support import Clock
+from .support import Clock, Tmpfs
 
 AppFactory = Callable[..., Flask]
 
@@ -545,12 +545,49 @@ def test_other_session_types_are_handed_to_flask_session(tmp_path: Path, session
     assert files(tmp_path / "ours" / session_type)  # stored by Flask-Session's backend
 
 
-def test_a_missing_session_type_fails_as_flask_session_does(tmp_path: Path) -> None:
-    errors = []
-    for extension in (Session, flask_session.Session):
-        app = Flask(__name__)
-        app.config.update(SECRET_KEY="test-secret")
-        with pytest.raises(Exception) as info:
-            extension(app)
-        errors.append((type(info.value), str(info.value)))
-    assert errors[0] == errors[1]
+def test_session_type_unset_means_dill(tmp_path: Path) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(SECRET_KEY="test-secret")
+    Session(app)
+    assert isinstance(app.session_interface, DillSessionInterface)
+
+
+@pytest.mark.parametrize(("typo", "hint"), [("dil", "dill"), ("Dlil", "dill"), ("reddis", "redis")])
+def test_a_session_type_typo_gets_a_hint(typo: str, hint: str) -> None:
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="test-secret", SESSION_TYPE=typo)
+    with pytest.raises(ConfigError, match=f'SESSION_TYPE .*did you mean "{hint}"'):
+        Session(app)
+
+
+def test_an_unknown_session_type_names_the_known_ones() -> None:
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="test-secret", SESSION_TYPE="zzzzzz")
+    with pytest.raises(
+        ConfigError, match="SESSION_TYPE 'zzzzzz' is not one of dill, redis"
+    ) as info:
+        Session(app)
+    assert "did you mean" not in str(info.value)
+
+
+def test_a_file_dir_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="s", SESSION_TYPE="dill", SESSION_FILE_DIR=str(taken))
+    with pytest.raises(ConfigError, match=f"SESSION_FILE_DIR '{taken}' cannot hold sessions"):
+        Session(app)
+
+
+def test_a_file_dir_that_cannot_be_written_is_a_config_error(tmpfs: Tmpfs) -> None:
+    store = tmpfs.directory / "sessions"
+    store.mkdir()
+    tmpfs.read_only()
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="s", SESSION_TYPE="dill", SESSION_FILE_DIR=str(store))
+    with pytest.raises(ConfigError, match="cannot hold sessions: Read-only file system"):
+        Session(app)
+    missing = tmpfs.directory / "not-yet"  # not there, and cannot be created
+    app.config["SESSION_FILE_DIR"] = str(missing)
+    with pytest.raises(ConfigError, match=f"SESSION_FILE_DIR '{missing}'"):
+        Session(app)

@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ..config import DEFAULTS, Settings
-from ..exc import LockTimeoutError, StoreUnavailableError
+from ..exc import ConfigError, LockTimeoutError, StoreUnavailableError
 from ._fs_ops import FileOperations, quarantine_file_name
 from ._records import MAGIC, RECORD, frame, last_record, parse, strike_frame
 from .base import Entry, fingerprint
@@ -102,12 +102,22 @@ class FileSystemStore(FileOperations):
 
     @classmethod
     def from_config(cls, settings: Settings, config: Mapping[str, Any]) -> FileSystemStore:
-        return cls(
-            settings.file_dir,
-            lock_timeout=settings.lock_timeout,
-            fsync=settings.fsync,
-            quarantine_lifetime=settings.quarantine_lifetime,
-        )
+        """The store in ``SESSION_FILE_DIR``, created and probed (a file written and removed):
+        a directory that cannot be used is a ``ConfigError`` naming the key and path."""
+        try:
+            store = cls(
+                settings.file_dir,
+                lock_timeout=settings.lock_timeout,
+                fsync=settings.fsync,
+                quarantine_lifetime=settings.quarantine_lifetime,
+            )
+            _probe(store.directory)
+        except OSError as exc:
+            cause = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(
+                f"SESSION_FILE_DIR {settings.file_dir!r} cannot hold sessions: {cause}"
+            ) from None
+        return store
 
     def path(self, key: str) -> str:
         """The file of *key*: a hash of it, never the key itself."""
@@ -487,6 +497,17 @@ class _FileEntry(Entry):
             os.fsync(fd)
             if new_name:
                 _fsync_dir(os.path.dirname(self.path))
+
+
+def _probe(directory: str) -> None:
+    """Write and remove a file in *directory*; ``OSError`` if that cannot be done."""
+    path = os.path.join(directory, f".probe.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+    fd = os.open(path, _CREATE, 0o600)
+    try:
+        _write_all(fd, b"probe")
+    finally:
+        os.close(fd)
+        _unlink_quietly(path)
 
 
 def _damage(data: bytes, mtime: float) -> str | None:
