@@ -14,7 +14,7 @@ from .helpers import current_session, destroy, regenerate, revoke_other_sessions
 from .interface import DillSessionInterface
 from .session import DillSession
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "ConfigError",
