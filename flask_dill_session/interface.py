@@ -91,12 +91,12 @@ class DillSessionInterface(SessionInterface):
         return app.permanent_session_lifetime.total_seconds()
 
     def should_set_cookie(self, app: Flask, session: SessionMixin) -> bool:
-        """Set the cookie when the id changed or the session was written (its expiry and
-        permanence follow the stored session), or to refresh a permanent session's expiry."""
+        """Flask's rule (``modified``, or permanent with ``SESSION_REFRESH_EACH_REQUEST``),
+        and whenever the id changed: the client must learn a new id."""
         assert isinstance(session, DillSession)
         return (
-            session.sid != session.cookie_sid
-            or session.written
+            session.modified
+            or session.sid != session.cookie_sid
             or bool(session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"])
         )
 
@@ -142,7 +142,7 @@ class DillSessionInterface(SessionInterface):
 
     def handle_unavailable(self, exc: SessionUnavailableError) -> Response:
         """Flask error handler: the session could not be used in the view, so 503."""
-        session = request_ctx.session
+        session = current_session()
         if isinstance(session, DillSession):
             self._report(exc, session)
         response = current_app.response_class()
@@ -152,14 +152,8 @@ class DillSessionInterface(SessionInterface):
     def answer_unavailable(self, response: Response, exc: SessionUnavailableError) -> None:
         """Make *response* a 503 with ``Retry-After``; of what the view set, only ``Vary``
         stays (no ``Location``, ``ETag``, ``Set-Cookie``...)."""
-        vary = response.headers.get("Vary")
-        response.headers.clear()
-        if vary:
-            response.headers["Vary"] = vary
-        response.status_code = 503
+        _replace(response, 503, "Service Unavailable: the session cannot be used now, try again.")
         response.headers["Retry-After"] = str(exc.retry_after or 1)
-        response.set_data("Service Unavailable: the session cannot be used now, try again.")
-        response.mimetype = "text/plain"
 
     def _report(
         self, exc: SessionUnavailableError, session: DillSession, saving: bool = False
@@ -168,13 +162,17 @@ class DillSessionInterface(SessionInterface):
         if exc.reported:
             return
         exc.reported = True
-        sid = session.sid or session.cookie_sid
-        name = fingerprint(self.store_key(sid)) if sid else "(new)"
+        name = self._name(session)
         if isinstance(exc, LockTimeoutError):
             logger.warning("session %s is busy, answering 503: %s", name, exc)
         else:
             what = "not saved" if saving else "not usable"
             logger.error("session %s %s, answering 503: %s", name, what, exc)
+
+    def _name(self, session: DillSession) -> str:
+        """The session's fingerprint for the log."""
+        sid = session.sid or session.cookie_sid
+        return fingerprint(self.store_key(sid)) if sid else "(new)"
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -319,6 +317,7 @@ class DillSessionInterface(SessionInterface):
             response.vary.add("Cookie")
         else:  # as above, without parsing and rewriting the header set
             response.headers["Vary"] = "Cookie"
+        ttl = self.idle_lifetime(app)
         if not session:
             if not session.new:
                 entry.delete()
@@ -327,16 +326,14 @@ class DillSessionInterface(SessionInterface):
             return
         data = dict.copy(session)
         payload = self.codec.dumps(data)
-        ttl = self.idle_lifetime(app)
-        if self._changed(session, payload):
+        if not self._changed(session, payload):
+            entry.touch(ttl)
+        else:
             deadline = self._absolute_deadline(session.created)
             meta = Meta(session.permanent, session.created, deadline)
             blob = self.codec.seal(entry.key, data, payload, meta)
             if not entry.write(blob, ttl):
                 return  # deleted meanwhile (logout elsewhere): do not resurrect
-            session.written = True
-        else:
-            entry.touch(ttl)
         if self.should_set_cookie(app, session):
             self._set_cookie(app, session, response)
 
@@ -357,11 +354,12 @@ class DillSessionInterface(SessionInterface):
         )
 
     def _changed(self, session: DillSession, payload: bytes) -> bool:
-        """Whether *payload* must be written: new, assigned to, or different data."""
+        """Whether *payload* must be written: a new session, one to re-seal, another
+        ``permanent``, or other bytes (``modified`` alone is not enough: same bytes)."""
         return (
             session.new
-            or session.modified
             or session.reseal
+            or session.permanent != session.stored_permanent
             or self.codec.changed(payload, session.payload)
         )
 
@@ -423,9 +421,26 @@ class DillSessionInterface(SessionInterface):
         )
 
 
+def _replace(response: Response, status: int, text: str) -> None:
+    """Make *response* a plain-text *status* answer; of its headers only ``Vary`` stays."""
+    vary = response.headers.get("Vary")
+    response.headers.clear()
+    if vary:
+        response.headers["Vary"] = vary
+    response.status_code = status
+    response.set_data(text)
+    response.mimetype = "text/plain"
+
+
+def current_session() -> SessionMixin | None:
+    """The request's session, without marking it ``accessed`` as ``request_ctx.session``
+    does: our own hooks are no use of the session by the app."""
+    return request_ctx._session
+
+
 def _after_view(response: Response) -> Response:
     """The view has returned: a store failure from now on is answered by save_session."""
-    session = request_ctx.session
+    session = current_session()
     if isinstance(session, DillSession):
         session.after_view = True
     return response

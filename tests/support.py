@@ -17,11 +17,13 @@ import urllib.request
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 
 from flask_dill_session import DillSessionInterface
-from flask_dill_session.stores.base import Entry
+from flask_dill_session.config import Settings
+from flask_dill_session.stores.base import Entry, Store
 from flask_dill_session.stores.filesystem import FileSystemStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +86,38 @@ class CountingEntry(Entry):
     def release(self) -> None:
         self.ops["release"] += 1
         self.inner.release()
+
+
+class CountingStore(Store):
+    """Wraps a store: counts every operation on it and on its entries in ``calls``."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.supports_locking = inner.supports_locking
+        self.calls: Counter[str] = Counter()
+
+    @classmethod
+    def from_config(cls, settings: Settings, config: Mapping[str, Any]) -> Store:
+        raise NotImplementedError("made around a store, not from a config")
+
+    def ops(self) -> Counter[str]:
+        """The calls that reach the store (lock releases and ``locked`` left out)."""
+        return self.calls - Counter(release=self.calls["release"], locked=self.calls["locked"])
+
+    def open(self, key: str, *, lock: bool) -> Entry:
+        self.calls["open"] += 1
+        self.calls["locked"] += lock  # how many of the opens took the lock
+        return CountingEntry(self.inner.open(key, lock=lock), self.calls)
+
+    def new(self, key: str) -> Entry:
+        return CountingEntry(self.inner.new(key), self.calls)
+
+
+def count_store_calls(app: Flask) -> CountingStore:
+    """Put a :class:`CountingStore` around the app's store; return it."""
+    counting = CountingStore(interface(app).store)
+    interface(app).store = counting
+    return counting
 
 
 def free_port() -> int:
