@@ -49,7 +49,9 @@ Check = Callable[[str, Any], Any]
 
 def _secret(key: str, value: Any) -> str | bytes:
     if not value or not isinstance(value, (str, bytes)):
-        raise ConfigError(f"{key} must be set: stored sessions are authenticated with it")
+        raise ConfigError(
+            f"{key} (app.secret_key) must be set: stored sessions are authenticated with it"
+        )
     return value
 
 
@@ -144,6 +146,8 @@ def _renames(key: str, value: Any) -> dict[str, str]:
 
 
 #: Config key -> (:class:`Settings` field, check). A key not in the config keeps the default.
+#: The extension passes ``SECRET_KEY`` as Flask reads it, ``app.secret_key`` (which a Flask
+#: subclass may define), and ``SECRET_KEY_FALLBACKS`` from the config, as Flask does.
 KEYS: dict[str, tuple[str, Check]] = {
     "SECRET_KEY": ("secret_key", _secret),
     "SECRET_KEY_FALLBACKS": ("secret_key_fallbacks", _fallbacks),

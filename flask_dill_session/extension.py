@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pkgutil
+from collections import ChainMap
 from typing import Any
 
 import flask_session
@@ -62,8 +63,10 @@ class Session:
 
     @staticmethod
     def create_interface(app: Flask) -> DillSessionInterface:
-        """Build the :class:`DillSessionInterface` described by ``app.config``."""
-        settings = read_settings(app.config, app.instance_path)
+        """Build the :class:`DillSessionInterface` described by ``app.config``; the secret
+        is ``app.secret_key``, as Flask reads it (a subclass may define it)."""
+        config = ChainMap({"SECRET_KEY": app.secret_key}, app.config)
+        settings = read_settings(config, app.instance_path)
         try:
             codec = Codec(
                 settings.secret_key,
