@@ -4,13 +4,15 @@ from .exc import (
     ConfigError,
     DillSessionError,
     LockTimeoutError,
+    ReadOnlySessionError,
+    SessionConflictError,
     SessionSerializationError,
     SessionTooLargeError,
     SessionUnavailableError,
     StoreUnavailableError,
 )
 from .extension import Session
-from .interface import DillSessionInterface
+from .interface import DillSessionInterface, readonly
 from .session import DillSession
 
 __version__ = "0.1.0"
@@ -21,9 +23,12 @@ __all__ = [
     "DillSessionError",
     "DillSessionInterface",
     "LockTimeoutError",
+    "ReadOnlySessionError",
     "Session",
+    "SessionConflictError",
     "SessionSerializationError",
     "SessionTooLargeError",
     "SessionUnavailableError",
     "StoreUnavailableError",
+    "readonly",
 ]

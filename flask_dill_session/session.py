@@ -38,6 +38,7 @@ class DillSession(dict[str, Any], SessionMixin):
         self.reseal = False  # stored under a fallback key: rewrite with the current one
         self.foreign = False  # the cookie's session is readable elsewhere only: keep the cookie
         self.stored_permanent = permanent  # the flag as stored, to tell a change of it
+        self.readonly = False  # used by a view marked readonly: loaded unlocked, never saved
         self.saved = False  # save_session has run: a later use is read-only, unlocked
         self.after_view = False  # the view has returned: a store failure now answers 503
         self.failed = False  # the request ended in an unhandled exception
