@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -11,11 +12,13 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,24 +206,62 @@ def gunicorn(
 
 
 class Client:
-    """A tiny HTTP client that keeps one cookie jar (like one browser)."""
+    """A tiny HTTP client that keeps one cookie jar (like one browser) and sends *headers*
+    (a ``User-Agent``, say) with every request."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, headers: Mapping[str, str] | None = None) -> None:
         import http.cookiejar
 
         self.base_url = base_url
+        self.headers = dict(headers or {})
         self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
 
     def get(self, path: str, timeout: float = 30.0) -> tuple[int, str, dict[str, str]]:
+        return self._send(urllib.request.Request(self.base_url + path), timeout)
+
+    def post(
+        self, path: str, data: Mapping[str, str], timeout: float = 30.0
+    ) -> tuple[int, str, dict[str, str]]:
+        """POST *data* as a form."""
+        body = urllib.parse.urlencode(data).encode()
+        return self._send(urllib.request.Request(self.base_url + path, data=body), timeout)
+
+    def _send(
+        self, request: urllib.request.Request, timeout: float
+    ) -> tuple[int, str, dict[str, str]]:
+        for name, value in self.headers.items():
+            request.add_header(name, value)
         try:
-            with self.opener.open(self.base_url + path, timeout=timeout) as response:
+            with self.opener.open(request, timeout=timeout) as response:
                 return response.status, response.read().decode(), dict(response.headers)
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode(), dict(error.headers)
 
     def cookie(self, name: str = "session") -> str | None:
         return next((c.value for c in self.jar if c.name == name), None)
+
+    def forget(self, name: str) -> None:
+        """Drop the cookie *name*, as a browser does with a session cookie when it closes."""
+        for cookie in [c for c in self.jar if c.name == name]:
+            self.jar.clear(cookie.domain, cookie.path, cookie.name)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Flask) -> Iterator[str]:
+    """Serve *app* over HTTP from this process (Werkzeug's threaded server, a thread per
+    connection) for the block; yields its base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
 
 
 def run_deploy_app(tmp_path: Path, shop: str, *args: str, **env: str) -> tuple[str, list[str]]:
