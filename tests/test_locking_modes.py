@@ -8,6 +8,7 @@ tests never sleep to let something happen.
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import threading
@@ -205,7 +206,6 @@ def test_readonly_survives_other_decorators_and_returns_the_view() -> None:
         return "x"
 
     assert readonly(view) is view
-    import functools
 
     @functools.wraps(view)
     def wrapper() -> str:
