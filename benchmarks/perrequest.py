@@ -1,14 +1,18 @@
-"""Sections 2-4: the session's cost inside one request, on the session interfaces directly.
+"""Sections 2-4 and 7: the session's cost inside one request.
 
-Each measured request pushes a request context made from a prepared WSGI environ (with
-the client's session cookie), then calls ``open_session``, uses the session and calls
-``save_session``, then pops the context. The same loop without the session work is the
-baseline that is subtracted, so what remains is the session's own cost.
+Sections 2-3: each measured request pushes a request context made from a prepared WSGI
+environ (with the client's session cookie), then calls ``open_session``, uses the session
+and calls ``save_session``, then pops the context. The same loop without the session work
+is the baseline that is subtracted, so what remains is the session's own cost.
+
+Section 7: whole requests of logged-in Flask-Login users through ``app.wsgi_app``; the
+same app on a session kept in a dict is the baseline that is subtracted.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,14 +22,15 @@ from typing import Any
 
 import flask_session
 from cachelib.file import FileSystemCache
-from flask import Flask, session
+from flask import Flask, Request, Response, session
 from flask.ctx import RequestContext
-from flask.sessions import SessionInterface
+from flask.sessions import SecureCookieSession, SessionInterface, SessionMixin
+from flask_login import LoginManager, UserMixin, current_user, login_required, login_user
 from werkzeug.test import EnvironBuilder
 
 from flask_dill_session import Session
 from flask_dill_session.interface import DillSessionInterface
-from flask_dill_session.stores.base import Store
+from flask_dill_session.stores.base import Entry, Store
 
 from .harness import Case, Samples, interleave
 
@@ -244,3 +249,154 @@ def store_calls_untouched(apps: Apps, requests: int = 100) -> int:
     with counter.installed(interface.store):
         through_wsgi(apps.ours, env)(requests)
     return counter.calls
+
+
+# -- a Flask-Login app: a logged-in request that changes nothing -------------------------
+
+#: The environ of every request of the login benchmark: Flask-Login's session protection
+#: hashes the address and user agent, so the login and the measured requests share them.
+CLIENT_ENVIRON = {"REMOTE_ADDR": "127.0.0.1", "HTTP_USER_AGENT": "benchmark"}
+
+
+class _User(UserMixin):  # type: ignore[misc]
+    def __init__(self, name: str) -> None:
+        self.id = name
+
+
+class MemorySessionInterface(SessionInterface):
+    """One user's session kept in a dict, for the baseline: Flask-Login's own work with a
+    session that costs (nearly) nothing to open and save."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession:
+        return SecureCookieSession(self.data.copy())
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if session.modified:
+            self.data = dict(session)
+
+
+def login_app(app: Flask, *, permanent: bool = False) -> Flask:
+    """Flask-Login on *app*: ``/login/<name>`` logs in, ``/me`` needs a logged-in user."""
+    manager = LoginManager(app)
+
+    @manager.user_loader  # type: ignore[untyped-decorator]
+    def load_user(name: str) -> _User:
+        return _User(name)
+
+    @app.route("/login/<name>")
+    def login(name: str) -> str:
+        login_user(_User(name))
+        if permanent:
+            session.permanent = True  # as ours and Flask-Session: a cookie with an expiry
+        return "logged in"
+
+    @app.route("/me")
+    @login_required  # type: ignore[untyped-decorator]
+    def me() -> str:
+        return str(current_user.id)
+
+    return app
+
+
+@dataclass
+class LoginApps:
+    ours: Flask
+    cachelib: Flask
+    cookie: Flask
+    memory: Flask
+
+
+def make_login_apps(directory: Path) -> LoginApps:
+    memory = Flask("bench_login_memory")
+    memory.config.update(SECRET_KEY=SECRET)
+    memory.session_interface = MemorySessionInterface()
+    return LoginApps(
+        ours=login_app(dill_app(directory / "login-ours")),
+        cachelib=login_app(cachelib_app(directory / "login-cachelib")),
+        cookie=login_app(cookie_app(), permanent=True),
+        memory=login_app(memory),
+    )
+
+
+def logged_in(app: Flask, name: str) -> str | None:
+    """Log *name* in through the app; the session cookie it set (``None``: no cookie)."""
+    client = app.test_client()
+    response = client.get(f"/login/{name}", environ_base=CLIENT_ENVIRON)
+    assert response.status_code == 200, response.status
+    cookie = client.get_cookie(app.config["SESSION_COOKIE_NAME"])
+    return None if cookie is None else cookie.value
+
+
+def login_environs(app: Flask, sessions: int) -> list[dict[str, Any]]:
+    """``GET /me`` environs of *sessions* logged-in users (one, for the memory session)."""
+    environs = []
+    for index in range(sessions):
+        cookie = logged_in(app, f"user{index}")
+        headers = [("Cookie", f"{app.config['SESSION_COOKIE_NAME']}={cookie}")] if cookie else []
+        builder = EnvironBuilder(path="/me", headers=headers, environ_base=CLIENT_ENVIRON)
+        environs.append(builder.get_environ())
+    return environs
+
+
+def through_wsgi_in_turn(app: Flask, environs: list[dict[str, Any]]) -> Case:
+    """Whole requests through ``app.wsgi_app``, the environs in turn; each must be a 200."""
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        assert status.startswith("200"), status
+
+    count = len(environs)
+
+    def run(n: int) -> float:
+        clock = time.perf_counter
+        started = clock()
+        for index in range(n):
+            for _chunk in app.wsgi_app(environs[index % count].copy(), start_response):
+                pass
+        return clock() - started
+
+    return run
+
+
+def measure_login(apps: LoginApps, *, rounds: int, batch: int, sessions: int = SESSIONS) -> Samples:
+    """``GET /me`` of logged-in users, whole requests: ours, Flask-Session + cachelib, the
+    cookie session, and the same app on the in-memory session (``memory``) to subtract."""
+    cases = {
+        "ours": through_wsgi_in_turn(apps.ours, login_environs(apps.ours, sessions)),
+        "cachelib": through_wsgi_in_turn(apps.cachelib, login_environs(apps.cachelib, sessions)),
+        "cookie": through_wsgi_in_turn(apps.cookie, login_environs(apps.cookie, sessions)),
+        "memory": through_wsgi_in_turn(apps.memory, login_environs(apps.memory, 1)),
+    }
+    return interleave(cases, rounds=rounds, batch=batch)
+
+
+def store_calls_login(apps: LoginApps, requests: int = 100) -> Counter[str]:
+    """The store operations ``requests`` logged-in ``GET /me`` requests made in ours."""
+    interface = apps.ours.session_interface
+    assert isinstance(interface, DillSessionInterface)
+    environs = login_environs(apps.ours, 4)
+    store, calls = interface.store, Counter[str]()
+    opened = store.open
+
+    def counted(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return method(*args, **kwargs)
+
+        return call
+
+    def open_counted(key: str, *, lock: bool) -> Entry:
+        entry = opened(key, lock=lock)
+        for name in ("write", "touch", "delete", "quarantine"):
+            setattr(entry, name, counted(name, getattr(entry, name)))
+        calls["open"] += 1
+        return entry
+
+    store.open = open_counted  # type: ignore[method-assign]
+    try:
+        through_wsgi_in_turn(apps.ours, environs)(requests)
+    finally:
+        del store.open
+    return calls

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import codec, perrequest, scale, throughput
 
-SECTIONS = ("codec", "requests", "untouched", "scale", "throughput")
+SECTIONS = ("codec", "requests", "untouched", "login", "scale", "throughput")
 
 
 @dataclass
@@ -177,6 +177,32 @@ def run_untouched(apps: perrequest.Apps, quick: bool) -> list[Row]:
     ]
 
 
+def run_login(workdir: Path, quick: bool) -> list[Row]:
+    log("7. Flask-Login app: logged-in request that changes nothing")
+    apps = perrequest.make_login_apps(workdir)
+    calls = perrequest.store_calls_login(apps)
+    ops = ", ".join(f"{name} {count}" for name, count in sorted(calls.items()))
+    rounds, batch = (5, 192) if quick else (21, 448)
+    samples = perrequest.measure_login(apps, rounds=rounds, batch=batch)
+    ours = _us(samples.overhead("ours", "memory"))
+    label = (
+        f"Flask-Login app, logged-in `GET /me` that changes nothing, {perrequest.SESSIONS}"
+        f" users in turn (whole request minus the same app on a dict session: "
+        f"{_us(samples.median('memory'))}); ours on the filesystem, its store operations"
+        f" in 100 requests: {ops}"
+    )
+    rows = []
+    for peer, title in (
+        ("cachelib", "Flask-Session + cachelib FileSystemCache"),
+        ("cookie", "Flask cookie session"),
+    ):
+        ratio = samples.ratio("ours", peer, top_minus="memory", bottom_minus="memory")
+        reference = f"{title} {_us(samples.overhead(peer, 'memory'))}"
+        rows.append(Row("7", label, ours, reference, ratio))
+    rows[0].goal, rows[0].met = "0 writes", calls["write"] == 0
+    return rows
+
+
 def run_scale(workdir: Path, quick: bool, million: bool) -> list[Row]:
     sizes = {"1k": 1_000, "10k": 10_000} if quick else {"1k": 1_000, "100k": 100_000}
     if million and not quick:
@@ -309,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             "codec": lambda: run_codec(args.quick),
             "requests": lambda: run_requests(apps, args.quick),
             "untouched": lambda: run_untouched(apps, args.quick),
+            "login": lambda: run_login(workdir, args.quick),
             "scale": lambda: run_scale(workdir, args.quick, not args.no_million),
             "throughput": lambda: run_throughput(workdir, args.quick),
         }

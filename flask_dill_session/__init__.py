@@ -4,6 +4,8 @@ from .exc import (
     ConfigError,
     DillSessionError,
     LockTimeoutError,
+    ReadOnlySessionError,
+    SessionConflictError,
     SessionSerializationError,
     SessionTooLargeError,
     SessionUnavailableError,
@@ -11,7 +13,7 @@ from .exc import (
 )
 from .extension import Session
 from .helpers import current_session, destroy, regenerate, revoke_other_sessions
-from .interface import DillSessionInterface
+from .interface import DillSessionInterface, readonly
 from .session import DillSession
 
 __version__ = "0.2.0.dev0"
@@ -22,13 +24,16 @@ __all__ = [
     "DillSessionError",
     "DillSessionInterface",
     "LockTimeoutError",
+    "ReadOnlySessionError",
     "Session",
+    "SessionConflictError",
     "SessionSerializationError",
     "SessionTooLargeError",
     "SessionUnavailableError",
     "StoreUnavailableError",
     "current_session",
     "destroy",
+    "readonly",
     "regenerate",
     "revoke_other_sessions",
 ]

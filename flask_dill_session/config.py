@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from .exc import ConfigError
 
@@ -28,7 +28,7 @@ class Settings:
     key_prefix: str = "session:"
     sid_length: int = 32
     permanent: bool = True
-    locking: bool = True
+    locking: bool | Literal["writes"] = True
     lock_timeout: float = 10.0
     lock_lease: float = 60.0
     absolute_lifetime: float | None = 7 * DAY
@@ -51,7 +51,9 @@ Check = Callable[[str, Any], Any]
 
 def _secret(key: str, value: Any) -> str | bytes:
     if not value or not isinstance(value, (str, bytes)):
-        raise ConfigError(f"{key} must be set: stored sessions are authenticated with it")
+        raise ConfigError(
+            f"{key} (app.secret_key) must be set: stored sessions are authenticated with it"
+        )
     return value
 
 
@@ -81,6 +83,14 @@ def _flag(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key} must be True or False, got {value!r}")
     return value
+
+
+def _locking(key: str, value: Any) -> bool | Literal["writes"]:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() == "writes":
+        return "writes"
+    raise ConfigError(f'{key} must be True, False or "writes", got {value!r}')
 
 
 def _count(key: str, value: Any) -> int:
@@ -146,6 +156,8 @@ def _renames(key: str, value: Any) -> dict[str, str]:
 
 
 #: Config key -> (:class:`Settings` field, check). A key not in the config keeps the default.
+#: The extension passes ``SECRET_KEY`` as Flask reads it, ``app.secret_key`` (which a Flask
+#: subclass may define), and ``SECRET_KEY_FALLBACKS`` from the config, as Flask does.
 KEYS: dict[str, tuple[str, Check]] = {
     "SECRET_KEY": ("secret_key", _secret),
     "SECRET_KEY_FALLBACKS": ("secret_key_fallbacks", _fallbacks),
@@ -153,7 +165,7 @@ KEYS: dict[str, tuple[str, Check]] = {
     "SESSION_KEY_PREFIX": ("key_prefix", _text),
     "SESSION_ID_LENGTH": ("sid_length", _sid_length),
     "SESSION_PERMANENT": ("permanent", _flag),
-    "SESSION_DILL_LOCKING": ("locking", _flag),
+    "SESSION_DILL_LOCKING": ("locking", _locking),
     "SESSION_DILL_LOCK_TIMEOUT": ("lock_timeout", _seconds),
     "SESSION_DILL_LOCK_LEASE": ("lock_lease", _seconds),
     "SESSION_DILL_ABSOLUTE_LIFETIME": ("absolute_lifetime", _or_none(_seconds)),

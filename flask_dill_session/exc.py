@@ -43,6 +43,15 @@ class SessionTooLargeError(DillSessionError):
         )
 
 
+class SessionConflictError(DillSessionError):
+    """With ``SESSION_DILL_LOCKING = "writes"``: another request saved the session after
+    this one read it, so this request's change was not saved. Answered as HTTP 409."""
+
+
+class ReadOnlySessionError(DillSessionError, RuntimeError):
+    """``regenerate`` or ``destroy`` was called in a view marked :func:`~.readonly`."""
+
+
 class BadPayloadError(DillSessionError):
     """A stored blob failed authentication, is truncated, or cannot be loaded."""
 

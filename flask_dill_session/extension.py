@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import difflib
 import pkgutil
+from collections import ChainMap
 from typing import Any
 
 import flask_session
 from flask import Flask, current_app, got_request_exception
-from flask.globals import request_ctx
 
 from .codec import Codec, Migrator
 from .config import read_settings
 from .exc import ConfigError, SessionUnavailableError
-from .interface import DillSessionInterface
+from .interface import DillSessionInterface, current_session
 from .session import DillSession
 from .stores.base import Store
 
@@ -76,8 +76,10 @@ class Session:
 
     @staticmethod
     def create_interface(app: Flask) -> DillSessionInterface:
-        """Build the :class:`DillSessionInterface` described by ``app.config``."""
-        settings = read_settings(app.config, app.instance_path)
+        """Build the :class:`DillSessionInterface` described by ``app.config``; the secret
+        is ``app.secret_key``, as Flask reads it (a subclass may define it)."""
+        config = ChainMap({"SECRET_KEY": app.secret_key}, app.config)
+        settings = read_settings(config, app.instance_path)
         try:
             codec = Codec(
                 settings.secret_key,
@@ -129,13 +131,13 @@ def _backend(name: str) -> type[Store]:
 
 def _release_lock(exc: BaseException | None) -> None:
     """Teardown: release the lock even when ``save_session`` did not run."""
-    interface, current = current_app.session_interface, request_ctx.session
+    interface, current = current_app.session_interface, current_session()
     if isinstance(interface, DillSessionInterface) and isinstance(current, DillSession):
         interface.release(current)
 
 
 def _mark_failed(sender: Flask, exception: BaseException, **extra: Any) -> None:
     """The request ended in an unhandled exception: its session is not saved, but counted."""
-    session = request_ctx.session
+    session = current_session()
     if isinstance(session, DillSession):
         session.failed = True

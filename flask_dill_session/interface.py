@@ -3,7 +3,8 @@
 It is also the one place where errors become HTTP: a store that fails or a lock not
 acquired is answered 503 with ``Retry-After`` and logged once on the
 ``flask_dill_session`` logger, whether the session was first used in a view, in a hook
-after it, or at the end when saving.
+after it, or at the end when saving; a write refused because another request saved the
+session first (``SESSION_DILL_LOCKING = "writes"``) is answered 409.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any, TypeVar
 
 from flask import Flask, Request, Response, after_this_request, current_app
 from flask.globals import request_ctx
@@ -27,6 +29,8 @@ from .exc import (
     BadPayloadError,
     ForeignPayloadError,
     LockTimeoutError,
+    ReadOnlySessionError,
+    SessionConflictError,
     SessionUnavailableError,
 )
 from .inventory import Inventory, SessionInfo
@@ -39,6 +43,16 @@ _SID_CHARSET = re.compile(r"[A-Za-z0-9_-]+")
 _DEGRADED_LOG_EVERY = 60.0  # seconds between "serving reads only" warnings
 _COOKIE_HEADERS_KEPT = 4096  # Set-Cookie headers remembered, for requests within a second
 _RETIRED_KEPT = 3600.0  # seconds an id replaced by regenerate is remembered, to log its use
+_READONLY = "_dill_session_readonly"  # set on a view function by readonly()
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def readonly(view: View) -> View:
+    """Mark *view* as one that only reads the session: it is loaded without the lock, and
+    a change made there is not saved (logged once per view). Returns *view* itself."""
+    setattr(view, _READONLY, True)
+    return view
 
 
 class DillSessionInterface(SessionInterface):
@@ -46,7 +60,9 @@ class DillSessionInterface(SessionInterface):
 
     The session is read (and its lock taken) on first use in a request, and saved at the
     end of the response only if its serialized form changed; otherwise its expiry is
-    refreshed with a touch. Policy lives in small hooks a subclass may override.
+    refreshed with a touch. With ``SESSION_DILL_LOCKING = "writes"`` the lock is taken
+    only to save, after checking that the stored session is still the one read. Policy
+    lives in small hooks a subclass may override.
     """
 
     session_class = DillSession
@@ -63,10 +79,12 @@ class DillSessionInterface(SessionInterface):
         self.store = store
         self.codec = codec
         self.settings = settings
-        self.locking = settings.locking and store.supports_locking
+        self.locking = settings.locking is True and store.supports_locking  # lock on load
+        self.lock_writes = settings.locking == "writes" and store.supports_locking
         self.clock = clock
         self._sid_chars = len(secrets.token_urlsafe(settings.sid_length))
         self._foreign_logged: set[str] = set()
+        self._readonly_logged: set[str] = set()
         self._degraded_logged = -_DEGRADED_LOG_EVERY
         self._cookie_headers: dict[tuple[object, ...], str] = {}
 
@@ -93,12 +111,12 @@ class DillSessionInterface(SessionInterface):
         return app.permanent_session_lifetime.total_seconds()
 
     def should_set_cookie(self, app: Flask, session: SessionMixin) -> bool:
-        """Set the cookie when the id changed or the session was written (its expiry and
-        permanence follow the stored session), or to refresh a permanent session's expiry."""
+        """Flask's rule (``modified``, or permanent with ``SESSION_REFRESH_EACH_REQUEST``),
+        and whenever the id changed: the client must learn a new id."""
         assert isinstance(session, DillSession)
         return (
-            session._sid != session.cookie_sid
-            or session.written
+            session.modified
+            or session._sid != session.cookie_sid
             or bool(session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"])
         )
 
@@ -118,7 +136,7 @@ class DillSessionInterface(SessionInterface):
         if not self.is_valid_sid(sid):
             sid = None
         after_this_request(_after_view)  # runs first of the response's hooks
-        return self.session_class(sid, self.settings.permanent, partial(self._load, app))
+        return self.session_class(sid, self.settings.permanent, partial(self._load, app, request))
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         if not isinstance(session, DillSession) or session.saved:
@@ -137,6 +155,9 @@ class DillSessionInterface(SessionInterface):
         except SessionUnavailableError as exc:
             self._report(exc, session, saving=True)
             self.answer_unavailable(response, exc)
+        except SessionConflictError as exc:
+            logger.warning("session %s: %s, answering 409", self._name(session), exc)
+            self.answer_conflict(response)
         finally:
             self.release(session)
 
@@ -144,7 +165,7 @@ class DillSessionInterface(SessionInterface):
 
     def handle_unavailable(self, exc: SessionUnavailableError) -> Response:
         """Flask error handler: the session could not be used in the view, so 503."""
-        session = request_ctx.session
+        session = current_session()
         if isinstance(session, DillSession):
             self._report(exc, session)
         response = current_app.response_class()
@@ -154,14 +175,18 @@ class DillSessionInterface(SessionInterface):
     def answer_unavailable(self, response: Response, exc: SessionUnavailableError) -> None:
         """Make *response* a 503 with ``Retry-After``; of what the view set, only ``Vary``
         stays (no ``Location``, ``ETag``, ``Set-Cookie``...)."""
-        vary = response.headers.get("Vary")
-        response.headers.clear()
-        if vary:
-            response.headers["Vary"] = vary
-        response.status_code = 503
+        _replace(response, 503, "Service Unavailable: the session cannot be used now, try again.")
         response.headers["Retry-After"] = str(exc.retry_after or 1)
-        response.set_data("Service Unavailable: the session cannot be used now, try again.")
-        response.mimetype = "text/plain"
+
+    def answer_conflict(self, response: Response) -> None:
+        """Make *response* a 409: another request saved the session first, this one's
+        change was not saved. Of what the view set, only ``Vary`` stays."""
+        _replace(
+            response,
+            409,
+            "Conflict: the session was changed by another request, and this request's"
+            " change was not saved; reload and try again.",
+        )
 
     def _report(
         self, exc: SessionUnavailableError, session: DillSession, saving: bool = False
@@ -170,13 +195,17 @@ class DillSessionInterface(SessionInterface):
         if exc.reported:
             return
         exc.reported = True
-        sid = session._sid or session.cookie_sid
-        name = fingerprint(self.store_key(sid)) if sid else "(new)"
+        name = self._name(session)
         if isinstance(exc, LockTimeoutError):
             logger.warning("session %s is busy, answering 503: %s", name, exc)
         else:
             what = "not saved" if saving else "not usable"
             logger.error("session %s %s, answering 503: %s", name, what, exc)
+
+    def _name(self, session: DillSession) -> str:
+        """The session's fingerprint for the log."""
+        sid = session._sid or session.cookie_sid
+        return fingerprint(self.store_key(sid)) if sid else "(new)"
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -185,6 +214,7 @@ class DillSessionInterface(SessionInterface):
         for ``rotation_grace`` seconds (requests of the same page still carrying it), then
         is unknown; without a grace it is invalid at once."""
         session.load()
+        self._check_writable(session, "regenerate")
         grace = self.settings.rotation_grace
         if grace and not session.new and not session.retired:
             self._retire(session, grace)
@@ -196,6 +226,7 @@ class DillSessionInterface(SessionInterface):
     def destroy(self, session: DillSession) -> None:
         """Delete *session* server-side now; the response clears its cookie (logout)."""
         session.load()
+        self._check_writable(session, "destroy")
         self._drop(session)
         session.clear()  # not dict.clear: *session* may be the flask.session proxy
         self._start(session, created=self.clock())
@@ -223,7 +254,16 @@ class DillSessionInterface(SessionInterface):
 
     # -- internals -------------------------------------------------------------
 
-    def _load(self, app: Flask, session: DillSession) -> None:
+    @staticmethod
+    def _check_writable(session: DillSession, action: str) -> None:
+        if session.readonly:
+            raise ReadOnlySessionError(
+                f"{action}() in a view marked readonly: its session is never saved"
+            )
+
+    def _load(self, app: Flask, request: Request, session: DillSession) -> None:
+        view = app.view_functions.get(request.endpoint) if request.endpoint else None
+        session.readonly = getattr(view, _READONLY, False)
         if session.unavailable is None:
             try:
                 if session.cookie_sid is None or not self._open(session, session.cookie_sid):
@@ -238,7 +278,8 @@ class DillSessionInterface(SessionInterface):
 
     def _open(self, session: DillSession, sid: str) -> bool:
         """Read the stored session *sid* into *session*; whether there was a usable one."""
-        entry = self.store.open(self.store_key(sid), lock=self.locking and not session.saved)
+        lock = self.locking and not (session.saved or session.readonly)
+        entry = self.store.open(self.store_key(sid), lock=lock)
         if entry.degraded:
             self._degraded(entry)
         try:
@@ -389,28 +430,53 @@ class DillSessionInterface(SessionInterface):
         if session.retired:
             self._drop_retired_write(session)
             return
+        ttl = self.idle_lifetime(app)
         if not session:
+            if session.readonly and not session.new:
+                self._not_saved(session, entry, ttl)
+                return
             if not session.new:
-                entry.delete()
+                entry.delete()  # also in "writes" mode, unlocked: ending a session always applies
             if session.cookie_sid is not None and not session.foreign:
                 self._delete_cookie(app, response)
             return
         data = dict.copy(session)
         payload = self.codec.dumps(data)
-        ttl = self.idle_lifetime(app)
-        if self._changed(session, payload):
+        if not self._changed(session, payload):
+            entry.touch(ttl)
+        elif session.readonly:
+            self._not_saved(session, entry, ttl)
+            if session.new:
+                return
+        else:
+            if self.lock_writes and not session.new:
+                relocked = self._relock(session, entry)
+                if relocked is None:
+                    return  # deleted meanwhile: do not resurrect
+                entry = relocked
             deadline = self._absolute_deadline(session.created)
             meta = Meta(session.permanent, session.created, deadline)
             blob = self.codec.seal(entry.key, data, payload, meta)
             if not entry.write(blob, ttl):
                 return  # deleted meanwhile (logout elsewhere): do not resurrect
-            session.written = True
             if self.settings.user_key is not None:
                 self._index(session, data, ttl)
-        else:
-            entry.touch(ttl)
         if self.should_set_cookie(app, session):
             self._set_cookie(app, session, response)
+
+    def _relock(self, session: DillSession, entry: Entry) -> Entry | None:
+        """In "writes" mode: *entry* opened again under its lock if the store still holds
+        what this request read; ``None`` if it is gone; else :class:`SessionConflictError`.
+        Equal bytes are equal data, so comparing the blobs is comparing versions."""
+        locked = self.store.open(entry.key, lock=True)
+        if locked.blob is not None and locked.blob == entry.blob:
+            entry.release()
+            session.entry = locked  # released by save_session
+            return locked
+        locked.release()
+        if locked.blob is None:
+            return None
+        raise SessionConflictError("another request saved it after this one read it")
 
     def _user_of(self, data: Mapping[str, object]) -> str | None:
         user = data.get(self.settings.user_key or "")
@@ -437,6 +503,20 @@ class DillSessionInterface(SessionInterface):
                 fingerprint(session.entry.key),
             )
 
+    def _not_saved(self, session: DillSession, entry: Entry, ttl: float) -> None:
+        """A view marked readonly changed the session: keep the stored one, say so once."""
+        session.modified, session._permanent = False, session.stored_permanent
+        if not session.new:
+            entry.touch(ttl)
+        view = request_ctx.request.endpoint or "?"
+        if view not in self._readonly_logged:
+            self._readonly_logged.add(view)
+            logger.warning(
+                "view %r is marked readonly but changed the session: the change was not"
+                " saved (logged once per view)",
+                view,
+            )
+
     def _strike(self, app: Flask, session: DillSession) -> None:
         """The request ended in an unhandled exception: nothing it changed is written.
         After ``poison_after`` such requests in a row, the stored session is quarantined."""
@@ -454,11 +534,12 @@ class DillSessionInterface(SessionInterface):
         )
 
     def _changed(self, session: DillSession, payload: bytes) -> bool:
-        """Whether *payload* must be written: new, assigned to, or different data."""
+        """Whether *payload* must be written: a new session, one to re-seal, another
+        ``permanent``, or other bytes (``modified`` alone is not enough: same bytes)."""
         return (
             session.new
-            or session.modified
             or session.reseal
+            or session.permanent != session.stored_permanent
             or self.codec.changed(payload, session.payload)
         )
 
@@ -521,9 +602,26 @@ class DillSessionInterface(SessionInterface):
         )
 
 
+def _replace(response: Response, status: int, text: str) -> None:
+    """Make *response* a plain-text *status* answer; of its headers only ``Vary`` stays."""
+    vary = response.headers.get("Vary")
+    response.headers.clear()
+    if vary:
+        response.headers["Vary"] = vary
+    response.status_code = status
+    response.set_data(text)
+    response.mimetype = "text/plain"
+
+
+def current_session() -> SessionMixin | None:
+    """The request's session, without marking it ``accessed`` as ``request_ctx.session``
+    does: our own hooks are no use of the session by the app."""
+    return request_ctx._session
+
+
 def _after_view(response: Response) -> Response:
     """The view has returned: a store failure from now on is answered by save_session."""
-    session = request_ctx.session
+    session = current_session()
     if isinstance(session, DillSession):
         session.after_view = True
     return response

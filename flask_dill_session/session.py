@@ -16,9 +16,12 @@ class DillSession(dict[str, Any], SessionMixin):
     """A dict-like session whose data is read from the store only when first used.
 
     ``sid`` is the session id (reading it uses the session, so it is always the id the
-    session is stored under), ``new`` is true until the session has been stored,
-    ``modified`` is set by top-level writes (deeper changes are found when saving),
-    ``accessed`` by any use, and ``permanent`` is kept with the stored session.
+    session is stored under), ``new`` is true until the session has been stored, and
+    ``permanent`` is kept with the stored session. ``modified`` follows werkzeug's
+    ``CallbackDict`` exactly: set by an assignment, ``del``, ``update``, ``|=``,
+    ``clear`` or ``popitem`` that succeeds, by ``pop`` of a present key and
+    ``setdefault`` of an absent one, never by a read (deeper changes are found when
+    saving). ``accessed`` is set by any use.
     """
 
     def __init__(
@@ -35,8 +38,9 @@ class DillSession(dict[str, Any], SessionMixin):
         self.payload: bytes | None = None  # serialized data as loaded, for change detection
         self.reseal = False  # stored under a fallback key: rewrite with the current one
         self.foreign = False  # the cookie's session is readable elsewhere only: keep the cookie
+        self.stored_permanent = permanent  # the flag as stored, to tell a change of it
+        self.readonly = False  # used by a view marked readonly: loaded unlocked, never saved
         self.saved = False  # save_session has run: a later use is read-only, unlocked
-        self.written = False  # this response wrote the session to the store
         self.after_view = False  # the view has returned: a store failure now answers 503
         self.failed = False  # the request ended in an unhandled exception
         self.unavailable: SessionUnavailableError | None = None  # why it could not be used
@@ -84,7 +88,7 @@ class DillSession(dict[str, Any], SessionMixin):
         self.entry = entry
         self.payload = payload
         self.created = created
-        self._permanent = permanent
+        self._permanent = self.stored_permanent = permanent
         self.reseal = reseal
         self.new = False
 
@@ -97,27 +101,23 @@ class DillSession(dict[str, Any], SessionMixin):
         self.created = created
 
     # -- the dict, loading on first use ---------------------------------------------
+    # Reads call _read; writes call it too, then set ``modified`` once they succeeded.
 
     def _read(self) -> None:
         if self._loader is not None:
             self.load()
         self.accessed = True
 
-    def _write(self) -> None:
-        self._read()
-        self.modified = True
-
     @property
     def permanent(self) -> bool:
-        self.load()  # the stored session's flag, not the configured default
+        self._read()  # the stored session's flag, not the configured default
         return self._permanent
 
     @permanent.setter
     def permanent(self, value: bool) -> None:
-        self.load()
-        if bool(value) != self._permanent:
-            self._permanent = bool(value)
-            self.modified = True
+        self._read()
+        self._permanent = bool(value)
+        self.modified = True  # as Flask's, which assigns session["_permanent"]
 
     def __getitem__(self, key: str) -> Any:
         self._read()
@@ -155,6 +155,10 @@ class DillSession(dict[str, Any], SessionMixin):
         self._read()
         return dict.__or__(self, other)
 
+    def __ror__(self, other: Any) -> Any:
+        self._read()
+        return dict.__ror__(self, other)
+
     def get(self, key: str, default: Any = None) -> Any:
         self._read()
         return dict.get(self, key, default)
@@ -176,34 +180,49 @@ class DillSession(dict[str, Any], SessionMixin):
         return dict.copy(self)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._write()
+        self._read()
         dict.__setitem__(self, key, value)
+        self.modified = True
 
     def __delitem__(self, key: str) -> None:
-        self._write()
+        self._read()
         dict.__delitem__(self, key)
+        self.modified = True
 
     def __ior__(self, other: Any) -> DillSession:  # type: ignore[override]
-        self._write()
+        self._read()
         dict.update(self, other)
+        self.modified = True
         return self
 
     def clear(self) -> None:
-        self._write()
+        self._read()
         dict.clear(self)
+        self.modified = True
 
     def pop(self, key: str, *default: Any) -> Any:
-        self._write()
-        return dict.pop(self, key, *default)
+        self._read()
+        present = dict.__contains__(self, key)
+        value = dict.pop(self, key, *default)
+        if present:
+            self.modified = True
+        return value
 
     def popitem(self) -> tuple[str, Any]:
-        self._write()
-        return dict.popitem(self)
+        self._read()
+        item = dict.popitem(self)
+        self.modified = True
+        return item
 
     def setdefault(self, key: str, default: Any = None) -> Any:
-        self._write()
-        return dict.setdefault(self, key, default)
+        self._read()
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        dict.__setitem__(self, key, default)
+        self.modified = True
+        return default
 
     def update(self, *args: Any, **kwargs: Any) -> None:
-        self._write()
+        self._read()
         dict.update(self, *args, **kwargs)
+        self.modified = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -11,17 +12,21 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 
 from flask_dill_session import DillSessionInterface
-from flask_dill_session.stores.base import Entry
+from flask_dill_session.config import Settings
+from flask_dill_session.stores.base import Entry, Store
 from flask_dill_session.stores.filesystem import FileSystemStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +89,38 @@ class CountingEntry(Entry):
     def release(self) -> None:
         self.ops["release"] += 1
         self.inner.release()
+
+
+class CountingStore(Store):
+    """Wraps a store: counts every operation on it and on its entries in ``calls``."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.supports_locking = inner.supports_locking
+        self.calls: Counter[str] = Counter()
+
+    @classmethod
+    def from_config(cls, settings: Settings, config: Mapping[str, Any]) -> Store:
+        raise NotImplementedError("made around a store, not from a config")
+
+    def ops(self) -> Counter[str]:
+        """The calls that reach the store (lock releases and ``locked`` left out)."""
+        return self.calls - Counter(release=self.calls["release"], locked=self.calls["locked"])
+
+    def open(self, key: str, *, lock: bool) -> Entry:
+        self.calls["open"] += 1
+        self.calls["locked"] += lock  # how many of the opens took the lock
+        return CountingEntry(self.inner.open(key, lock=lock), self.calls)
+
+    def new(self, key: str) -> Entry:
+        return CountingEntry(self.inner.new(key), self.calls)
+
+
+def count_store_calls(app: Flask) -> CountingStore:
+    """Put a :class:`CountingStore` around the app's store; return it."""
+    counting = CountingStore(interface(app).store)
+    interface(app).store = counting
+    return counting
 
 
 def free_port() -> int:
@@ -169,27 +206,34 @@ def gunicorn(
 
 
 class Client:
-    """A tiny HTTP client that keeps one cookie jar (like one browser)."""
+    """A tiny HTTP client that keeps one cookie jar (like one browser) and sends *headers*
+    (a ``User-Agent``, say) with every request."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, headers: Mapping[str, str] | None = None) -> None:
         import http.cookiejar
 
         self.base_url = base_url
+        self.headers = dict(headers or {})
         self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
 
     def get(self, path: str, timeout: float = 30.0) -> tuple[int, str, dict[str, str]]:
-        return self.request(path, None, timeout)
+        return self._send(urllib.request.Request(self.base_url + path), timeout)
 
-    def post(self, path: str, timeout: float = 30.0) -> tuple[int, str, dict[str, str]]:
-        return self.request(path, b"", timeout)
-
-    def request(
-        self, path: str, body: bytes | None, timeout: float = 30.0
+    def post(
+        self, path: str, data: Mapping[str, str] | None = None, timeout: float = 30.0
     ) -> tuple[int, str, dict[str, str]]:
-        """GET *path*, or POST *body* to it; the status, text and headers."""
+        """POST *data* as a form (an empty body without it)."""
+        body = urllib.parse.urlencode(data or {}).encode()
+        return self._send(urllib.request.Request(self.base_url + path, data=body), timeout)
+
+    def _send(
+        self, request: urllib.request.Request, timeout: float
+    ) -> tuple[int, str, dict[str, str]]:
+        for name, value in self.headers.items():
+            request.add_header(name, value)
         try:
-            with self.opener.open(self.base_url + path, body, timeout=timeout) as response:
+            with self.opener.open(request, timeout=timeout) as response:
                 return response.status, response.read().decode(), dict(response.headers)
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode(), dict(error.headers)
@@ -199,10 +243,32 @@ class Client:
 
     def clone(self) -> Client:
         """Another client with a copy of this one's cookies (another tab, frozen in time)."""
-        other = Client(self.base_url)
+        other = Client(self.base_url, self.headers)
         for cookie in self.jar:
             other.jar.set_cookie(cookie)
         return other
+
+    def forget(self, name: str) -> None:
+        """Drop the cookie *name*, as a browser does with a session cookie when it closes."""
+        for cookie in [c for c in self.jar if c.name == name]:
+            self.jar.clear(cookie.domain, cookie.path, cookie.name)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Flask) -> Iterator[str]:
+    """Serve *app* over HTTP from this process (Werkzeug's threaded server, a thread per
+    connection) for the block; yields its base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
 
 
 def run_deploy_app(tmp_path: Path, shop: str, *args: str, **env: str) -> tuple[str, list[str]]:

@@ -472,6 +472,38 @@ def test_every_key_of_the_table_has_its_default_and_secrets_never_show(
     assert "s3cr3t" not in repr(interface(make_app(SECRET_KEY="s3cr3t-value")).settings)
 
 
+def test_the_secret_is_read_as_flask_reads_it(tmp_path: Path) -> None:
+    """``app.secret_key``: a Flask subclass may define it (as Flask-WTF's tests do), or it
+    may be set on the app; ``SECRET_KEY_FALLBACKS`` comes from the config, as in Flask."""
+
+    class SubclassedFlask(Flask):
+        secret_key = "class-secret"
+
+    def build(app: Flask, **config: Any) -> Flask:
+        app.config.update(SESSION_TYPE="dill", SESSION_FILE_DIR=str(tmp_path), **config)
+        Session(app)
+        return add_routes(app)
+
+    first = build(SubclassedFlask(__name__))
+    assert "SECRET_KEY" not in first.config or not first.config["SECRET_KEY"]
+    client = first.test_client()
+    sid = session_cookie(client.get("/set/user/alice")).value
+
+    attribute = Flask(__name__)
+    attribute.secret_key = "class-secret"  # the same secret, set as an attribute
+    reader = build(attribute).test_client()
+    reader.set_cookie("session", sid)
+    assert reader.get("/get/user").text == "alice"
+
+    rotated = build(Flask(__name__), SECRET_KEY="new", SECRET_KEY_FALLBACKS=["class-secret"])
+    reader = rotated.test_client()
+    reader.set_cookie("session", sid)
+    assert reader.get("/get/user").text == "alice"  # opened with the fallback
+
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        build(Flask(__name__))
+
+
 def test_the_default_file_dir_is_in_the_instance_folder(tmp_path: Path) -> None:
     app = add_routes(Flask(__name__, instance_path=str(tmp_path / "instance")))
     app.config.update(SECRET_KEY="test-secret", SESSION_TYPE="dill")

@@ -66,6 +66,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def health() -> str:
         return "ok"
 
+    @app.route("/pid")
+    def pid() -> str:
+        return str(os.getpid())  # which process serves this URL; never touches the session
+
     return app
 
 
