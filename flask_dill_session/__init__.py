@@ -12,6 +12,16 @@ from .exc import (
 from .extension import Session
 from .interface import DillSessionInterface
 from .session import DillSession
+from .signals import (
+    lock_timeout,
+    lock_waited,
+    session_created,
+    session_destroyed,
+    session_quarantined,
+    session_regenerated,
+    session_saved,
+    store_unavailable,
+)
 
 __version__ = "0.1.0"
 
@@ -26,4 +36,12 @@ __all__ = [
     "SessionTooLargeError",
     "SessionUnavailableError",
     "StoreUnavailableError",
+    "lock_timeout",
+    "lock_waited",
+    "session_created",
+    "session_destroyed",
+    "session_quarantined",
+    "session_regenerated",
+    "session_saved",
+    "store_unavailable",
 ]

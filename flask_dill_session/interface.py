@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
+from blinker import Signal
 from flask import Flask, Request, Response, after_this_request, current_app
 from flask.globals import request_ctx
 from flask.sessions import SessionInterface, SessionMixin
@@ -30,6 +32,16 @@ from .exc import (
     SessionUnavailableError,
 )
 from .session import DillSession
+from .signals import (
+    lock_timeout,
+    lock_waited,
+    session_created,
+    session_destroyed,
+    session_quarantined,
+    session_regenerated,
+    session_saved,
+    store_unavailable,
+)
 from .stores.base import Entry, Store, fingerprint
 
 logger = logging.getLogger("flask_dill_session")
@@ -164,32 +176,45 @@ class DillSessionInterface(SessionInterface):
     def _report(
         self, exc: SessionUnavailableError, session: DillSession, saving: bool = False
     ) -> None:
-        """Log *exc* once, with the session's fingerprint."""
+        """Log *exc* once, with the session's fingerprint, and send its signal."""
         if exc.reported:
             return
         exc.reported = True
         sid = session.sid or session.cookie_sid
-        name = fingerprint(self.store_key(sid)) if sid else "(new)"
+        name = fingerprint(self.store_key(sid)) if sid else None
         if isinstance(exc, LockTimeoutError):
-            logger.warning("session %s is busy, answering 503: %s", name, exc)
+            logger.warning("session %s is busy, answering 503: %s", name or "(new)", exc)
+            if lock_timeout.receivers:
+                _send(lock_timeout, fingerprint=name, error=exc)
         else:
             what = "not saved" if saving else "not usable"
-            logger.error("session %s %s, answering 503: %s", name, what, exc)
+            logger.error("session %s %s, answering 503: %s", name or "(new)", what, exc)
+            if store_unavailable.receivers:
+                _send(store_unavailable, fingerprint=name, error=exc, saving=saving)
 
     # -- lifecycle -------------------------------------------------------------
 
     def regenerate(self, session: DillSession) -> None:
         """Give *session* a new id, keep its data, and make the old id invalid now."""
         session.load()
+        old = session.entry
+        session.rotated = session.rotated or not session.new  # stored: no creation later
         self._drop(session)
         self._start(session, created=session.created)
         session.modified = True
+        if session_regenerated.receivers and old is not None and session.entry is not None:
+            new = fingerprint(session.entry.key)
+            _send(session_regenerated, fingerprint=new, old_fingerprint=fingerprint(old.key))
 
     def destroy(self, session: DillSession) -> None:
         """Delete *session* server-side now; the response clears its cookie (logout)."""
         session.load()
+        stored = not session.new
         self._drop(session)
+        if stored and session_destroyed.receivers and session.entry is not None:
+            _send(session_destroyed, fingerprint=fingerprint(session.entry.key), reason="destroy")
         session.clear()  # not dict.clear: *session* may be the flask.session proxy
+        session.rotated = False
         self._start(session, created=self.clock())
 
     def release(self, session: DillSession) -> None:
@@ -215,6 +240,8 @@ class DillSessionInterface(SessionInterface):
     def _open(self, session: DillSession, sid: str) -> bool:
         """Read the stored session *sid* into *session*; whether there was a usable one."""
         entry = self.store.open(self.store_key(sid), lock=self.locking and not session.saved)
+        if lock_waited.receivers and entry.waited:
+            _send(lock_waited, fingerprint=fingerprint(entry.key), wait=entry.waited)
         if entry.degraded:
             self._degraded(entry)
         try:
@@ -280,6 +307,9 @@ class DillSessionInterface(SessionInterface):
                 entry.delete()
             except SessionUnavailableError as again:
                 logger.error("stored session %s not deleted either: %s", name, again)
+            return
+        if session_quarantined.receivers:
+            _send(session_quarantined, fingerprint=name, reason=str(reason), copy=False)
 
     def _degraded(self, entry: Entry) -> None:
         """The store can be read, not written: say so at most once a minute."""
@@ -301,6 +331,10 @@ class DillSessionInterface(SessionInterface):
             entry.copy_to_quarantine(self.settings.quarantine_lifetime)
         except SessionUnavailableError as error:
             logger.error("stored session %s: no copy kept in quarantine: %s", name, error)
+            return
+        if session_quarantined.receivers:
+            reason = "keys dropped: " + ", ".join(map(repr, dropped))
+            _send(session_quarantined, fingerprint=name, reason=reason, copy=True)
 
     def _start(self, session: DillSession, *, created: float) -> None:
         sid = self.generate_sid()
@@ -322,6 +356,8 @@ class DillSessionInterface(SessionInterface):
         if not session:
             if not session.new:
                 entry.delete()
+                if session_destroyed.receivers:
+                    _send(session_destroyed, fingerprint=fingerprint(entry.key), reason="emptied")
             if session.cookie_sid is not None and not session.foreign:
                 self._delete_cookie(app, response)
             return
@@ -335,8 +371,15 @@ class DillSessionInterface(SessionInterface):
             if not entry.write(blob, ttl):
                 return  # deleted meanwhile (logout elsewhere): do not resurrect
             session.written = True
+            if session_created.receivers and session.new and not session.rotated:
+                _send(session_created, fingerprint=fingerprint(entry.key))
+            if session_saved.receivers:
+                name = fingerprint(entry.key)
+                _send(session_saved, fingerprint=name, written=True, size=len(blob))
         else:
             entry.touch(ttl)
+            if session_saved.receivers:
+                _send(session_saved, fingerprint=fingerprint(entry.key), written=False, size=None)
         if self.should_set_cookie(app, session):
             self._set_cookie(app, session, response)
 
@@ -421,6 +464,13 @@ class DillSessionInterface(SessionInterface):
             partitioned=self.get_cookie_partitioned(app),
             httponly=self.get_cookie_httponly(app),
         )
+
+
+def _send(signal: Signal, **arguments: Any) -> None:
+    """Send *signal* from the current app, as Flask sends its own. Callers check
+    ``signal.receivers`` first: with nobody listening, nothing is computed."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    signal.send(app, _async_wrapper=app.ensure_sync, **arguments)
 
 
 def _after_view(response: Response) -> Response:

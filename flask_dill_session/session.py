@@ -38,6 +38,7 @@ class DillSession(dict[str, Any], SessionMixin):
         self.written = False  # this response wrote the session to the store
         self.after_view = False  # the view has returned: a store failure now answers 503
         self.failed = False  # the request ended in an unhandled exception
+        self.rotated = False  # stored before under another id (regenerate): not created here
         self.unavailable: SessionUnavailableError | None = None  # why it could not be used
         self._permanent = permanent
         self._loader: Callable[[DillSession], None] | None = loader
