@@ -26,7 +26,8 @@ housekeeping (``flask dill-session cleanup``, expiry) send nothing.
 ``session_saved(app, fingerprint, written, size)``
     At the end of a request that used its session and kept it in the store: ``written``
     is ``True`` when the blob was written (``size`` its length in bytes), ``False`` when
-    it was unchanged and only its expiry refreshed (``size`` is ``None``). Not sent for a
+    it was unchanged and only its expiry refreshed, or left as it is on a store that can
+    be read but not written (``size`` is ``None``). Not sent for a
     session emptied (see ``session_destroyed``), deleted meanwhile by another request, not
     saved because the request failed, or when saving failed (``store_unavailable``).
 
