@@ -148,10 +148,10 @@ def example_env(session_dir: Path, secret: str = "test-secret", **extra: str) ->
     }
 
 
-def serve_example(tmp_path: Path, env: Mapping[str, str]) -> Server:
-    """``python examples/counter.py`` on a free port (Werkzeug's threaded server)."""
+def serve_example(tmp_path: Path, env: Mapping[str, str], script: str = "counter.py") -> Server:
+    """``python examples/<script>`` on a free port (Werkzeug's threaded server)."""
     port = free_port()
-    argv = [sys.executable, str(EXAMPLES / "counter.py")]
+    argv = [sys.executable, str(EXAMPLES / script)]
     return Server(argv, port, {**env, "PORT": str(port)}, tmp_path)
 
 
