@@ -198,7 +198,7 @@ class DillSessionInterface(SessionInterface):
         """Give *session* a new id, keep its data, and make the old id invalid now."""
         session.load()
         old = session.entry
-        session.rotated = session.rotated or not session.new  # stored: no creation later
+        session.rotated = session.rotated or not session.new  # its data is stored already
         self._drop(session)
         self._start(session, created=session.created)
         session.modified = True
