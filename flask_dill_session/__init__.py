@@ -15,6 +15,16 @@ from .extension import Session
 from .helpers import current_session, destroy, regenerate, revoke_other_sessions
 from .interface import DillSessionInterface, readonly
 from .session import DillSession
+from .signals import (
+    lock_timeout,
+    lock_waited,
+    session_created,
+    session_destroyed,
+    session_quarantined,
+    session_regenerated,
+    session_saved,
+    store_unavailable,
+)
 
 __version__ = "0.2.0.dev0"
 
@@ -33,7 +43,15 @@ __all__ = [
     "StoreUnavailableError",
     "current_session",
     "destroy",
+    "lock_timeout",
+    "lock_waited",
     "readonly",
     "regenerate",
     "revoke_other_sessions",
+    "session_created",
+    "session_destroyed",
+    "session_quarantined",
+    "session_regenerated",
+    "session_saved",
+    "store_unavailable",
 ]

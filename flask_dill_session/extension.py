@@ -13,7 +13,7 @@ from flask import Flask, current_app, got_request_exception
 from .codec import Codec, Migrator
 from .config import read_settings
 from .exc import ConfigError, SessionUnavailableError
-from .interface import DillSessionInterface, current_session
+from .interface import DillSessionInterface, request_session
 from .session import DillSession
 from .stores.base import Store
 
@@ -131,13 +131,13 @@ def _backend(name: str) -> type[Store]:
 
 def _release_lock(exc: BaseException | None) -> None:
     """Teardown: release the lock even when ``save_session`` did not run."""
-    interface, current = current_app.session_interface, current_session()
+    interface, current = current_app.session_interface, request_session()
     if isinstance(interface, DillSessionInterface) and isinstance(current, DillSession):
         interface.release(current)
 
 
 def _mark_failed(sender: Flask, exception: BaseException, **extra: Any) -> None:
     """The request ended in an unhandled exception: its session is not saved, but counted."""
-    session = current_session()
+    session = request_session()
     if isinstance(session, DillSession):
         session.failed = True

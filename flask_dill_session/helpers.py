@@ -11,14 +11,14 @@ from flask import current_app
 from flask.globals import request_ctx
 
 from .exc import DillSessionError
-from .interface import DillSessionInterface
+from .interface import DillSessionInterface, request_session
 from .session import DillSession
 
 
 def current_session() -> DillSession:
     """The request's session; :class:`~.exc.DillSessionError` outside a request or when
     the app does not use dill sessions."""
-    session = request_ctx.session if request_ctx else None
+    session = request_session() if request_ctx else None
     if not isinstance(session, DillSession):
         raise DillSessionError(
             'no dill session here: call this in a request of an app with SESSION_TYPE = "dill"'

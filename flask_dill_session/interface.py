@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
+from blinker import Signal
 from flask import Flask, Request, Response, after_this_request, current_app
 from flask.globals import request_ctx
 from flask.sessions import SessionInterface, SessionMixin
@@ -35,6 +36,16 @@ from .exc import (
 )
 from .inventory import Inventory, SessionInfo
 from .session import DillSession
+from .signals import (
+    lock_timeout,
+    lock_waited,
+    session_created,
+    session_destroyed,
+    session_quarantined,
+    session_regenerated,
+    session_saved,
+    store_unavailable,
+)
 from .stores.base import Entry, Store, fingerprint
 
 logger = logging.getLogger("flask_dill_session")
@@ -156,7 +167,7 @@ class DillSessionInterface(SessionInterface):
             self._report(exc, session, saving=True)
             self.answer_unavailable(response, exc)
         except SessionConflictError as exc:
-            logger.warning("session %s: %s, answering 409", self._name(session), exc)
+            logger.warning("session %s: %s, answering 409", self._name(session) or "(new)", exc)
             self.answer_conflict(response)
         finally:
             self.release(session)
@@ -165,7 +176,7 @@ class DillSessionInterface(SessionInterface):
 
     def handle_unavailable(self, exc: SessionUnavailableError) -> Response:
         """Flask error handler: the session could not be used in the view, so 503."""
-        session = current_session()
+        session = request_session()
         if isinstance(session, DillSession):
             self._report(exc, session)
         response = current_app.response_class()
@@ -191,21 +202,25 @@ class DillSessionInterface(SessionInterface):
     def _report(
         self, exc: SessionUnavailableError, session: DillSession, saving: bool = False
     ) -> None:
-        """Log *exc* once, with the session's fingerprint."""
+        """Log *exc* once, with the session's fingerprint, and send its signal."""
         if exc.reported:
             return
         exc.reported = True
         name = self._name(session)
         if isinstance(exc, LockTimeoutError):
-            logger.warning("session %s is busy, answering 503: %s", name, exc)
+            logger.warning("session %s is busy, answering 503: %s", name or "(new)", exc)
+            if lock_timeout.receivers:
+                _send(lock_timeout, fingerprint=name, error=exc)
         else:
             what = "not saved" if saving else "not usable"
-            logger.error("session %s %s, answering 503: %s", name, what, exc)
+            logger.error("session %s %s, answering 503: %s", name or "(new)", what, exc)
+            if store_unavailable.receivers:
+                _send(store_unavailable, fingerprint=name, error=exc, saving=saving)
 
-    def _name(self, session: DillSession) -> str:
-        """The session's fingerprint for the log."""
+    def _name(self, session: DillSession) -> str | None:
+        """The session's fingerprint; ``None`` while it has no id."""
         sid = session._sid or session.cookie_sid
-        return fingerprint(self.store_key(sid)) if sid else "(new)"
+        return fingerprint(self.store_key(sid)) if sid else None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -215,6 +230,8 @@ class DillSessionInterface(SessionInterface):
         is unknown; without a grace it is invalid at once."""
         session.load()
         self._check_writable(session, "regenerate")
+        old = session.entry
+        session.rotated = session.rotated or not session.new  # its data is stored already
         grace = self.settings.rotation_grace
         if grace and not session.new and not session.retired:
             self._retire(session, grace)
@@ -222,13 +239,20 @@ class DillSessionInterface(SessionInterface):
             self._drop(session)
         self._start(session, created=session.created)
         session.modified = True
+        if session_regenerated.receivers and old is not None and session.entry is not None:
+            new = fingerprint(session.entry.key)
+            _send(session_regenerated, fingerprint=new, old_fingerprint=fingerprint(old.key))
 
     def destroy(self, session: DillSession) -> None:
         """Delete *session* server-side now; the response clears its cookie (logout)."""
         session.load()
         self._check_writable(session, "destroy")
+        stored = not session.new
         self._drop(session)
+        if stored and session_destroyed.receivers and session.entry is not None:
+            _send(session_destroyed, fingerprint=fingerprint(session.entry.key), reason="destroy")
         session.clear()  # not dict.clear: *session* may be the flask.session proxy
+        session.rotated = False
         self._start(session, created=self.clock())
 
     def inventory(self, app: Flask) -> Inventory:
@@ -280,6 +304,8 @@ class DillSessionInterface(SessionInterface):
         """Read the stored session *sid* into *session*; whether there was a usable one."""
         lock = self.locking and not (session.saved or session.readonly)
         entry = self.store.open(self.store_key(sid), lock=lock)
+        if lock_waited.receivers and entry.waited:
+            _send(lock_waited, fingerprint=fingerprint(entry.key), wait=entry.waited)
         if entry.degraded:
             self._degraded(entry)
         try:
@@ -349,6 +375,9 @@ class DillSessionInterface(SessionInterface):
                 entry.delete()
             except SessionUnavailableError as again:
                 logger.error("stored session %s not deleted either: %s", name, again)
+            return
+        if session_quarantined.receivers:
+            _send(session_quarantined, fingerprint=name, reason=str(reason), copy=False)
 
     def _degraded(self, entry: Entry) -> None:
         """The store can be read, not written: say so at most once a minute."""
@@ -370,6 +399,10 @@ class DillSessionInterface(SessionInterface):
             entry.copy_to_quarantine(self.settings.quarantine_lifetime)
         except SessionUnavailableError as error:
             logger.error("stored session %s: no copy kept in quarantine: %s", name, error)
+            return
+        if session_quarantined.receivers:
+            reason = "keys dropped: " + ", ".join(map(repr, dropped))
+            _send(session_quarantined, fingerprint=name, reason=reason, copy=True)
 
     def _start(self, session: DillSession, *, created: float) -> None:
         sid = self.generate_sid()
@@ -437,6 +470,8 @@ class DillSessionInterface(SessionInterface):
                 return
             if not session.new:
                 entry.delete()  # also in "writes" mode, unlocked: ending a session always applies
+                if session_destroyed.receivers:
+                    _send(session_destroyed, fingerprint=fingerprint(entry.key), reason="emptied")
             if session.cookie_sid is not None and not session.foreign:
                 self._delete_cookie(app, response)
             return
@@ -444,6 +479,8 @@ class DillSessionInterface(SessionInterface):
         payload = self.codec.dumps(data)
         if not self._changed(session, payload):
             entry.touch(ttl)
+            if session_saved.receivers:
+                _send(session_saved, fingerprint=fingerprint(entry.key), written=False, size=None)
         elif session.readonly:
             self._not_saved(session, entry, ttl)
             if session.new:
@@ -461,6 +498,11 @@ class DillSessionInterface(SessionInterface):
                 return  # deleted meanwhile (logout elsewhere): do not resurrect
             if self.settings.user_key is not None:
                 self._index(session, data, ttl)
+            if session_created.receivers and session.new and not session.rotated:
+                _send(session_created, fingerprint=fingerprint(entry.key))
+            if session_saved.receivers:
+                name = fingerprint(entry.key)
+                _send(session_saved, fingerprint=name, written=True, size=len(blob))
         if self.should_set_cookie(app, session):
             self._set_cookie(app, session, response)
 
@@ -613,15 +655,22 @@ def _replace(response: Response, status: int, text: str) -> None:
     response.mimetype = "text/plain"
 
 
-def current_session() -> SessionMixin | None:
+def request_session() -> SessionMixin | None:
     """The request's session, without marking it ``accessed`` as ``request_ctx.session``
     does: our own hooks are no use of the session by the app."""
     return request_ctx._session
 
 
+def _send(signal: Signal, **arguments: Any) -> None:
+    """Send *signal* from the current app, as Flask sends its own. Callers check
+    ``signal.receivers`` first: with nobody listening, nothing is computed."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    signal.send(app, _async_wrapper=app.ensure_sync, **arguments)
+
+
 def _after_view(response: Response) -> Response:
     """The view has returned: a store failure from now on is answered by save_session."""
-    session = current_session()
+    session = request_session()
     if isinstance(session, DillSession):
         session.after_view = True
     return response

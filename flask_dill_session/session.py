@@ -43,6 +43,7 @@ class DillSession(dict[str, Any], SessionMixin):
         self.saved = False  # save_session has run: a later use is read-only, unlocked
         self.after_view = False  # the view has returned: a store failure now answers 503
         self.failed = False  # the request ended in an unhandled exception
+        self.rotated = False  # stored before under another id (regenerate): not created here
         self.unavailable: SessionUnavailableError | None = None  # why it could not be used
         self.indexed_user: str | None = None  # the user it is indexed under, as loaded
         self.retired = False  # its id was replaced by regenerate: served read-only (grace)

@@ -57,8 +57,8 @@ class FileOperations(Store):
         """Raise any ``OSError`` as ``StoreUnavailableError``."""
 
     @abstractmethod
-    def _lock(self, fd: int) -> None:
-        """``flock`` *fd* within the lock timeout."""
+    def _lock(self, fd: int) -> float:
+        """``flock`` *fd* within the lock timeout; the seconds waited."""
 
     def describe(self) -> str:
         return self.directory

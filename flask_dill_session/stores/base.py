@@ -81,6 +81,9 @@ class Entry(ABC):
     fault: StoreUnavailableError | None = None
     #: How many consecutive failed requests are recorded for this session (see above).
     strikes: int = 0
+    #: Seconds :meth:`Store.open` waited for the lock while another request held it,
+    #: from its first refused try; 0.0 when it got the lock at once (read no clock then).
+    waited: float = 0.0
 
     @abstractmethod
     def write(self, blob: bytes, ttl: float) -> bool:
@@ -140,7 +143,8 @@ class Store(ABC):
 
     @abstractmethod
     def open(self, key: str, *, lock: bool) -> Entry:
-        """Read *key*, first taking its lock if *lock* (raises ``LockTimeoutError``)."""
+        """Read *key*, first taking its lock if *lock* (raises ``LockTimeoutError``); the
+        entry's ``waited`` is how long it waited for the lock."""
 
     @abstractmethod
     def new(self, key: str) -> Entry:

@@ -129,10 +129,14 @@ class FileSystemStore(FileOperations):
 
     def open(self, key: str, *, lock: bool) -> Entry:
         path = self.path(key)
+        waited = 0.0
         with self.errors("reading a session", path):
             while True:
-                entry = self._open_once(key, path, lock=lock)
+                entry, wait = self._open_once(key, path, lock=lock)
+                waited += wait
                 if entry is not None:
+                    if waited:
+                        entry.waited = waited
                     return entry
 
     @contextlib.contextmanager
@@ -153,15 +157,17 @@ class FileSystemStore(FileOperations):
             where=where,
         )
 
-    def _open_once(self, key: str, path: str, *, lock: bool) -> Entry | None:
-        """:meth:`open`, or ``None`` if the file was replaced while we waited for its lock."""
+    def _open_once(self, key: str, path: str, *, lock: bool) -> tuple[Entry | None, float]:
+        """:meth:`open`, or ``None`` if the file was replaced while we waited for its lock;
+        and the seconds waited for the lock."""
         fd, denied = self._open_fd(path)
         if fd is None:
-            return self.new(key)
+            return self.new(key), 0.0
         locked = lock and denied is None  # a read-only file is served without its lock
+        waited = 0.0
         try:
             if locked:
-                self._lock(fd)
+                waited = self._lock(fd)
             info = os.fstat(fd)
             gone = info.st_nlink == 0 or not stat.S_ISREG(info.st_mode)
             data = b"" if gone else os.pread(fd, info.st_size, 0)
@@ -170,8 +176,10 @@ class FileSystemStore(FileOperations):
             raise
         if gone:  # deleted or compacted meanwhile; or not a regular file
             os.close(fd)
-            return None if info.st_nlink == 0 and os.path.lexists(path) else self.new(key)
-        return self._entry(key, path, fd, data, info.st_mtime, locked=locked, denied=denied)
+            replaced = info.st_nlink == 0 and os.path.lexists(path)
+            return (None if replaced else self.new(key)), waited
+        entry = self._entry(key, path, fd, data, info.st_mtime, locked=locked, denied=denied)
+        return entry, waited
 
     def _open_fd(self, path: str) -> tuple[int | None, OSError | None]:
         """*path* opened for appending; or read-only, with the error that refused writing;
@@ -292,21 +300,23 @@ class FileSystemStore(FileOperations):
         finally:
             os.close(fd)
 
-    def _lock(self, fd: int) -> None:
-        """``flock`` with a timeout: try, then poll with a growing pause."""
+    def _lock(self, fd: int) -> float:
+        """``flock`` with a timeout: try, then poll with a growing pause. Returns the seconds
+        waited since the first refused try (0.0, and no clock read, if none was refused)."""
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
+            return 0.0
         except BlockingIOError:
             pass
-        give_up = time.monotonic() + self.lock_timeout
+        refused = time.monotonic()
+        give_up = refused + self.lock_timeout
         pause = 0.0005
         while True:
             time.sleep(pause)
             pause = min(pause * 2, 0.01)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
+                return time.monotonic() - refused
             except BlockingIOError:
                 if time.monotonic() >= give_up:
                     raise LockTimeoutError(

@@ -261,8 +261,11 @@ class RedisStore(Store):
             raise LockTimeoutError(f"session lock not acquired within {self.lock_timeout:g} s")
         if session_lock.blob is None:  # no such session: the script took no lock
             session_lock.local.token = None
-            return self.new(key)
-        return _RedisEntry(self, key, session_lock.blob, session_lock, session_lock.strikes)
+            entry = self.new(key)
+        else:
+            entry = _RedisEntry(self, key, session_lock.blob, session_lock, session_lock.strikes)
+        entry.waited = session_lock.waited
+        return entry
 
     def cleanup(self, report: Counter[str] | None = None) -> int:
         """Nothing to do: Redis expires idle sessions, old locks and quarantine by TTL."""
@@ -333,6 +336,8 @@ class _SessionLock(Lock):
         self.lease_ms = _ms(store.lock_lease)
         self.blob: bytes | None = None
         self.strikes = 0
+        self.refused: float | None = None  # when a try was first refused (monotonic)
+        self.waited = 0.0  # seconds from then until the lock was taken
 
     def do_acquire(self, token: str) -> bool:
         store = self.store
@@ -341,7 +346,11 @@ class _SessionLock(Lock):
         if reply[0] == scripts.LATE:
             raise store.late("locking and reading a session")
         if reply[0] == scripts.BUSY:
+            if self.refused is None:
+                self.refused = time.monotonic()
             return False  # held by another request
+        if self.refused is not None:
+            self.waited = time.monotonic() - self.refused
         done = reply[0] == scripts.DONE
         self.blob = reply[2] if done else None
         self.strikes = _count(reply[3]) if done else 0
