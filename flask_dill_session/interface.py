@@ -577,13 +577,14 @@ class DillSessionInterface(SessionInterface):
 
     def _changed(self, session: DillSession, payload: bytes) -> bool:
         """Whether *payload* must be written: a new session, one to re-seal, another
-        ``permanent``, or other bytes (``modified`` alone is not enough: same bytes)."""
-        return (
-            session.new
-            or session.reseal
-            or session.permanent != session.stored_permanent
-            or self.codec.changed(payload, session.payload)
-        )
+        ``permanent``, or other bytes (``modified`` alone is not enough: same bytes). Bytes
+        that differ hold other data when the view assigned something; otherwise the codec
+        tells equal data serialized differently (set order) from a change in place."""
+        if session.new or session.reseal or session.permanent != session.stored_permanent:
+            return True
+        if session.modified:
+            return payload != session.payload
+        return self.codec.changed(payload, session.payload)
 
     def _absolute_deadline(self, created: float) -> float | None:
         lifetime = self.settings.absolute_lifetime
