@@ -161,7 +161,8 @@ def list_sessions(user: str | None, limit: int | None, as_json: bool) -> None:
 @json_option
 @_guarded
 def show(reference: str, as_json: bool) -> None:
-    """Keys, types and a short repr of one session (a session id or a fingerprint)."""
+    """Keys, types and a short repr of one session (a session id or a fingerprint; an id
+    that starts with "-" goes after "--")."""
     interface = _interface()
     item = _find(reference)
     key = interface.store_key(reference) if interface.is_valid_sid(reference) else None
@@ -184,7 +185,8 @@ def show(reference: str, as_json: bool) -> None:
 @json_option
 @_guarded
 def revoke(reference: str | None, user: str | None, keep: str | None, as_json: bool) -> None:
-    """Delete a session (id or fingerprint), or every session of --user, now."""
+    """Delete a session (id or fingerprint; an id that starts with "-" goes after "--"), or
+    every session of --user, now."""
     if (reference is None) == (user is None):
         raise click.UsageError("give a session id or fingerprint, or --user")
     if user is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import pkgutil
+import sys
 from collections import ChainMap
 from typing import Any
 
@@ -33,6 +35,14 @@ BACKENDS: dict[str, str] = {
     "filesystem": "flask_dill_session.stores.filesystem:FileSystemStore",
     "redis": "flask_dill_session.stores.redis:RedisStore",
     "cachelib": "flask_dill_session.stores.cachelib:CacheLibStore",
+}
+
+#: Backends that need a standard-library module some platforms lack: that module, and why.
+PLATFORM_NEEDS: dict[str, tuple[str, str]] = {
+    "filesystem": (
+        "fcntl",
+        "it locks session files with fcntl.flock, which only POSIX systems have",
+    ),
 }
 
 
@@ -114,11 +124,36 @@ def _session_type(value: object) -> str:
     return name
 
 
+def platform_backends() -> list[str]:
+    """The backends this platform can run, in :data:`BACKENDS` order (the redis backend
+    still needs its extra installed)."""
+    return [name for name in BACKENDS if _runs_here(name)]
+
+
+def _runs_here(name: str) -> bool:
+    """Whether this platform has the module that backend *name* needs, if any."""
+    need = PLATFORM_NEEDS.get(name)
+    if need is None:
+        return True
+    try:
+        importlib.import_module(need[0])
+    except ImportError:
+        return False
+    return True
+
+
 def _backend(name: str) -> type[Store]:
-    """The store class of ``SESSION_DILL_BACKEND`` *name*, imported now."""
+    """The store class of ``SESSION_DILL_BACKEND`` *name*, imported now; a
+    :class:`ConfigError` if the name is unknown or the backend cannot run here."""
     where = BACKENDS.get(name)
     if where is None:
         raise ConfigError(f"SESSION_DILL_BACKEND must be one of {sorted(BACKENDS)}, got {name!r}")
+    if not _runs_here(name):
+        working = ", ".join(f'"{each}"' for each in platform_backends())
+        raise ConfigError(
+            f'SESSION_DILL_BACKEND = "{name}" does not work on this platform'
+            f" ({sys.platform}): {PLATFORM_NEEDS[name][1]}; backends that work here: {working}"
+        )
     try:
         store: type[Store] = pkgutil.resolve_name(where)
     except ImportError as exc:

@@ -11,6 +11,7 @@ the app, the request, the session...) are refused on both paths. This module kno
 from __future__ import annotations
 
 import io
+import pathlib
 import pickle
 import pickletools
 import re
@@ -52,7 +53,9 @@ _VOUCHED = {
     "collections": "OrderedDict deque Counter defaultdict ChainMap",
     "zoneinfo": "ZoneInfo ZoneInfo._unpickle",
     "ipaddress": "IPv4Address IPv6Address IPv4Network IPv6Network IPv4Interface IPv6Interface",
-    "pathlib": "PurePath PurePosixPath PureWindowsPath Path PosixPath WindowsPath",
+    # the module pickle names: pathlib._local as of Python 3.13
+    pathlib.PurePath.__module__: "PurePath PurePosixPath PureWindowsPath"
+    " Path PosixPath WindowsPath",
     "types": "SimpleNamespace",
     "builtins": "getattr complex bytearray set frozenset range slice"
     " list dict tuple int float str bytes bool",

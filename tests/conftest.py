@@ -16,6 +16,12 @@ from .support import MountError, RedisServer, Tmpfs, redis_binary
 AppFactory = Callable[..., Flask]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Warnings are errors in the subprocesses the tests start (servers, scripts) too, as
+    ``filterwarnings = error`` makes them in this one; an explicit PYTHONWARNINGS wins."""
+    os.environ.setdefault("PYTHONWARNINGS", "error")
+
+
 @pytest.fixture
 def session_dir(tmp_path: Path) -> Path:
     return tmp_path / "sessions"

@@ -51,9 +51,11 @@ def login(app: Flask, user: str) -> tuple[FlaskClient, str]:
     return client, response.get_json()["sid"]
 
 
-def cli(app: Flask, *args: str, code: int = 0) -> Any:
-    """Run ``dill-session ARGS --json`` through click's runner; its parsed output."""
-    result = app.test_cli_runner().invoke(cli_group, [*args, "--json"])
+def cli(app: Flask, *args: str, ref: str | None = None, code: int = 0) -> Any:
+    """Run ``dill-session ARGS --json [-- REF]`` through click's runner; its parsed output.
+    A session id may start with "-": it goes after "--", as a user must type it."""
+    tail = [] if ref is None else ["--", ref]
+    result = app.test_cli_runner().invoke(cli_group, [*args, "--json", *tail])
     assert result.exit_code == code, result.output
     return json.loads(result.output) if code == 0 else result.output
 
@@ -104,12 +106,12 @@ def test_stats_list_and_show(app: Flask) -> None:
         fingerprint(key_of(sids["bob"])),
         fingerprint(key_of(sids["bob"]))[:8],
     ):
-        shown = cli(app, "show", reference)
+        shown = cli(app, "show", ref=reference)
         assert shown["user"] == "bob"
         assert shown["keys"]["user_id"] == {"type": "builtins.str", "repr": "'bob'"}
         assert shown["keys"]["cart"]["type"] == "tests.apps.ops_app.Cart"
         assert "ops-secret" not in json.dumps(shown)
-    assert "no stored session" in cli(app, "show", "0123456789ab", code=1)
+    assert "no stored session" in cli(app, "show", ref="0123456789ab", code=1)
 
 
 def test_revoke_one_a_user_and_clear(app: Flask) -> None:
@@ -119,7 +121,7 @@ def test_revoke_one_a_user_and_clear(app: Flask) -> None:
     }
     key_of = interface(app).store_key
 
-    assert cli(app, "revoke", fingerprint(key_of(clients["a1"][1])))["revoked"] == 1
+    assert cli(app, "revoke", ref=fingerprint(key_of(clients["a1"][1])))["revoked"] == 1
     assert whoami(clients["a1"][0])["user"] is None, "its next request: a fresh session"
     assert whoami(clients["a2"][0])["user"] == "ann"
 
