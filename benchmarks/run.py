@@ -450,8 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.plot:
-        from . import plot  # matplotlib is needed here only
-
+        try:
+            from . import plot  # matplotlib is needed here only
+        except ModuleNotFoundError as exc:
+            parser.error(
+                f"--plot needs {(exc.name or 'matplotlib').split('.')[0]}: pip install -e '.[docs]'"
+            )
         for path in plot.draw(args.results or RESULTS, args.plot_dir):
             print(path)
         return 0
