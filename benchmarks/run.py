@@ -3,11 +3,17 @@
 Every ratio is ours divided by the reference, measured in one interleaved run (A B A B
 ..., the order rotating) as the median of per-round ratios; per-request numbers are the
 session's own cost (the request context alone is measured alongside and subtracted).
+
+A full run (every section, not ``--quick``) also writes its figures to
+``benchmarks/results.json`` (``--results`` names another file, and makes any run write
+one). ``--plot`` runs nothing: it draws the charts of the recorded figures into
+``docs/_static/`` (it needs matplotlib, in the ``docs`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -16,17 +22,32 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from . import codec, perrequest, scale, throughput
 
 SECTIONS = ("codec", "requests", "untouched", "login", "scale", "throughput")
+HERE = Path(__file__).resolve().parent
+#: The recorded figures of the last full run, beside RESULTS.md.
+RESULTS = HERE / "results.json"
+#: Where ``--plot`` puts the charts: the docs' static files.
+PLOTS = HERE.parent / "docs" / "_static"
+#: Version of the layout of the results file.
+RESULTS_FORMAT = 1
 
 
 @dataclass
 class Row:
+    """One line of the table, and its figures for the results file.
+
+    *measure* names what was measured, the same in every run (rows comparing ours with
+    two peers share it); *values* holds the figures by contestant, in *unit* (``"us"``
+    per operation, ``"s"`` in all, or ``"req/s"``).
+    """
+
     number: str
     what: str
     ours: str
@@ -34,6 +55,9 @@ class Row:
     ratio: float | None
     goal: str = ""
     met: bool | None = None
+    measure: str = ""
+    unit: str = ""
+    values: dict[str, float] = field(default_factory=dict)
 
     def cells(self) -> list[str]:
         ratio = "" if self.ratio is None else f"{self.ratio:.2f}x"
@@ -43,6 +67,11 @@ class Row:
 
 def _us(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs"
+
+
+def _micro(**seconds: float) -> dict[str, float]:
+    """Seconds per operation as microseconds, rounded as the table shows them."""
+    return {name: round(value * 1e6, 1) for name, value in seconds.items()}
 
 
 def _at_most(ratio: float, goal: float) -> tuple[str, bool | None]:
@@ -72,43 +101,59 @@ def run_codec(quick: bool) -> list[Row]:
     sealed = codec.measure_envelope(rounds=rounds, batch=2000)
     encrypted = sealed.ratio("encrypted small", "signed small")
     small = len(codec.PAYLOADS["small"])
+    median = samples.median
     return [
         Row(
             "1",
             "codec: dumps+loads of a small plain session",
-            _us(samples.median("ours plain")),
-            "C pickle " + _us(samples.median("pickle plain")),
+            _us(median("ours plain")),
+            "C pickle " + _us(median("pickle plain")),
             plain,
             *_at_most(plain, 1.3),
+            measure="codec.plain",
+            unit="us",
+            values=_micro(ours=median("ours plain"), pickle=median("pickle plain")),
         ),
         Row(
             "1",
             "codec: the same with the write-time check (the scan that vouches for it)",
-            _us(samples.median("ours plain writing")),
-            "C pickle " + _us(samples.median("pickle plain")),
+            _us(median("ours plain writing")),
+            "C pickle " + _us(median("pickle plain")),
             writing,
+            measure="codec.plain_checked",
+            unit="us",
+            values=_micro(ours=median("ours plain writing"), pickle=median("pickle plain")),
         ),
         Row(
             "1",
             "codec: dumps+check+loads of a session holding a lambda",
-            _us(samples.median("ours lambda")),
-            "raw dill, its defaults " + _us(samples.median("dill lambda")),
+            _us(median("ours lambda")),
+            "raw dill, its defaults " + _us(median("dill lambda")),
             lam,
+            measure="codec.lambda",
+            unit="us",
+            values=_micro(ours=median("ours lambda"), dill=median("dill lambda")),
         ),
         Row(
             "1",
             "codec: the same, vs dill with the settings ours uses for code (recurse=True)",
-            _us(samples.median("ours lambda")),
-            "raw dill, recurse=True " + _us(samples.median("dill recurse lambda")),
+            _us(median("ours lambda")),
+            "raw dill, recurse=True " + _us(median("dill recurse lambda")),
             recurse,
+            measure="codec.lambda_recurse",
+            unit="us",
+            values=_micro(ours=median("ours lambda"), dill=median("dill recurse lambda")),
         ),
         Row(
             "1",
             "codec: a session holding app objects (dataclasses), with the write-time trial"
             " load that refuses what would not load back",
-            _us(samples.median("ours objects")),
-            "without the trial load " + _us(samples.median("ours objects unchecked")),
+            _us(median("ours objects")),
+            "without the trial load " + _us(median("ours objects unchecked")),
             checked,
+            measure="codec.objects",
+            unit="us",
+            values=_micro(ours=median("ours objects"), unchecked=median("ours objects unchecked")),
         ),
         Row(
             "1",
@@ -117,6 +162,9 @@ def run_codec(quick: bool) -> list[Row]:
             f"{_us(sealed.median('encrypted small'))}; {_us(sealed.median('encrypted 10k'))}",
             f"signed {_us(sealed.median('signed small'))}; {_us(sealed.median('signed 10k'))}",
             encrypted,
+            measure="codec.envelope",
+            unit="us",
+            values={name: round(sealed.median(name) * 1e6, 1) for name in sealed.per_round},
         ),
     ]
 
@@ -125,11 +173,24 @@ def run_requests(apps: perrequest.Apps, quick: bool) -> list[Row]:
     rows = []
     rounds, batch = (5, 192) if quick else (21, 448)
     many = f"{perrequest.SESSIONS} sessions in turn"
-    for number, label, work, sessions in (
-        ("2", f"request that changes the session (counter += 1), {many}", perrequest.increment, 0),
-        ("3", f"read-only request (session read, not changed), {many}", perrequest.read, 0),
+    for number, measure, label, work, sessions in (
         (
             "2",
+            "requests.changing",
+            f"request that changes the session (counter += 1), {many}",
+            perrequest.increment,
+            0,
+        ),
+        (
+            "3",
+            "requests.reading",
+            f"read-only request (session read, not changed), {many}",
+            perrequest.read,
+            0,
+        ),
+        (
+            "2",
+            "requests.one_session",
             "request that changes the session, one session back to back",
             perrequest.increment,
             1,
@@ -139,7 +200,8 @@ def run_requests(apps: perrequest.Apps, quick: bool) -> list[Row]:
         samples = perrequest.measure_requests(
             apps, work, rounds=rounds, batch=batch, sessions=sessions or perrequest.SESSIONS
         )
-        ours = _us(samples.overhead("ours", "ours context"))
+        cost = samples.overhead("ours", "ours context")
+        ours = _us(cost)
         goals = sessions != 1  # the issue's goals are for many sessions
         peers: list[tuple[str, str, float | None]] = [
             ("cachelib", "Flask-Session + cachelib FileSystemCache", 0.25 if goals else None),
@@ -149,8 +211,18 @@ def run_requests(apps: perrequest.Apps, quick: bool) -> list[Row]:
             ratio = samples.ratio(
                 "ours", peer, top_minus="ours context", bottom_minus=f"{peer} context"
             )
-            reference = f"{title} {_us(samples.overhead(peer, f'{peer} context'))}"
-            row = Row(number, f"{label}; ours on the filesystem", ours, reference, ratio)
+            theirs = samples.overhead(peer, f"{peer} context")
+            reference = f"{title} {_us(theirs)}"
+            row = Row(
+                number,
+                f"{label}; ours on the filesystem",
+                ours,
+                reference,
+                ratio,
+                measure=measure,
+                unit="us",
+                values=_micro(ours=cost, **{peer: theirs}),
+            )
             if goal is not None:
                 row.goal, row.met = _at_most(ratio, goal)
             rows.append(row)
@@ -173,6 +245,9 @@ def run_untouched(apps: perrequest.Apps, quick: bool) -> list[Row]:
             ratio,
             "0 store I/O",
             calls == 0,
+            measure="untouched",
+            unit="us",
+            values=_micro(ours=samples.median("ours"), bare=samples.median("bare")),
         )
     ]
 
@@ -184,7 +259,8 @@ def run_login(workdir: Path, quick: bool) -> list[Row]:
     ops = ", ".join(f"{name} {count}" for name, count in sorted(calls.items()))
     rounds, batch = (5, 192) if quick else (21, 448)
     samples = perrequest.measure_login(apps, rounds=rounds, batch=batch)
-    ours = _us(samples.overhead("ours", "memory"))
+    cost = samples.overhead("ours", "memory")
+    ours = _us(cost)
     label = (
         f"Flask-Login app, logged-in `GET /me` that changes nothing, {perrequest.SESSIONS}"
         f" users in turn (whole request minus the same app on a dict session: "
@@ -197,8 +273,12 @@ def run_login(workdir: Path, quick: bool) -> list[Row]:
         ("cookie", "Flask cookie session"),
     ):
         ratio = samples.ratio("ours", peer, top_minus="memory", bottom_minus="memory")
-        reference = f"{title} {_us(samples.overhead(peer, 'memory'))}"
-        rows.append(Row("7", label, ours, reference, ratio))
+        theirs = samples.overhead(peer, "memory")
+        reference = f"{title} {_us(theirs)}"
+        values = _micro(ours=cost, **{peer: theirs})
+        rows.append(
+            Row("7", label, ours, reference, ratio, measure="login", unit="us", values=values)
+        )
     rows[0].goal, rows[0].met = "0 writes", calls["write"] == 0
     return rows
 
@@ -220,12 +300,17 @@ def run_scale(workdir: Path, quick: bool, million: bool) -> list[Row]:
         ratio = samples.ratio(
             name, small, top_minus=f"{name} context", bottom_minus=f"{small} context"
         )
+        cost = samples.overhead(name, f"{name} context")
+        base = samples.overhead(small, f"{small} context")
         row = Row(
             "5",
             f"request that changes the session, {name} stored sessions vs {small}",
-            _us(samples.overhead(name, f"{name} context")),
-            f"{small}: {_us(samples.overhead(small, f'{small} context'))}",
+            _us(cost),
+            f"{small}: {_us(base)}",
             ratio,
+            measure="scale.changing",
+            unit="us",
+            values=_micro(**{small: base, name: cost}),
         )
         if name == "1M":
             row.goal, row.met = _at_most(ratio, 1.2)
@@ -249,6 +334,9 @@ def run_scale(workdir: Path, quick: bool, million: bool) -> list[Row]:
             result.seconds / reference,
             "flat memory",
             result.peak_rss - result.idle_rss < 16 * 2**20,
+            measure="scale.cleanup",
+            unit="s",
+            values={"ours": round(result.seconds, 2), "find -delete": round(reference, 2)},
         )
     )
     return rows
@@ -273,6 +361,9 @@ def run_throughput(workdir: Path, quick: bool) -> list[Row]:
             f"{samples.median(name):.0f} req/s",
             f"cookie session {samples.median('cookie'):.0f} req/s",
             ratio,
+            measure="throughput",
+            unit="req/s",
+            values={name: round(samples.median(name)), "cookie": round(samples.median("cookie"))},
         )
         if name == "ours (filesystem)":
             row.goal, row.met = _at_least(ratio, 0.85)
@@ -310,6 +401,29 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def record(
+    rows: list[Row], path: Path, *, command: str, machine: str, seconds: float, quick: bool
+) -> None:
+    """Write the figures of *rows* to *path* as JSON, for ``--plot`` and other readers."""
+    results: dict[str, Any] = {
+        "format": RESULTS_FORMAT,
+        "command": command,
+        "quick": quick,
+        "machine": machine,
+        "seconds": round(seconds),
+        "rows": [asdict(row) for row in rows],
+    }
+    text = json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def _recorded(row: Row) -> Row:
+    """*row* with its ratio as recorded: four decimals, ``None`` if it was not measurable."""
+    if row.ratio is not None:
+        row.ratio = round(row.ratio, 4) if math.isfinite(row.ratio) else None
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller stores")
@@ -320,11 +434,37 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}"
     )
     parser.add_argument("--tmpdir", help="where to put the stores (default: the temp dir)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help=f"the figures as JSON: written by a run (by default {RESULTS.name} beside this"
+        " file, by full runs only), read by --plot",
+    )
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="run nothing: draw the charts of the recorded figures (needs matplotlib)",
+    )
+    parser.add_argument(
+        "--plot-dir", type=Path, default=PLOTS, help="where --plot writes its PNG files"
+    )
     args = parser.parse_args(argv)
+    if args.plot:
+        try:
+            from . import plot  # matplotlib is needed here only
+        except ModuleNotFoundError as exc:
+            parser.error(
+                f"--plot needs {(exc.name or 'matplotlib').split('.')[0]}: pip install -e '.[docs]'"
+            )
+        for path in plot.draw(args.results or RESULTS, args.plot_dir):
+            print(path)
+        return 0
     sections = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {sorted(unknown)}")
+    full = not args.quick and set(sections) == set(SECTIONS)
+    results = args.results or (RESULTS if full else None)
 
     started = time.perf_counter()
     rows: list[Row] = []
@@ -343,10 +483,18 @@ def main(argv: list[str] | None = None) -> int:
             if name in sections:
                 rows += steps[name]()
         description = machine(workdir)
+    seconds = time.perf_counter() - started
     print(table(rows))
     print()
     print(f"Machine: {description}.")
-    print(f"Took {time.perf_counter() - started:.0f} s ({'quick' if args.quick else 'full'} run).")
+    print(f"Took {seconds:.0f} s ({'quick' if args.quick else 'full'} run).")
+    if results is not None:
+        command = " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])])
+        rows = [_recorded(row) for row in rows]
+        record(
+            rows, results, command=command, machine=description, seconds=seconds, quick=args.quick
+        )
+        log(f"figures written to {results}")
     return 0
 
 
