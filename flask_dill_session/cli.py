@@ -24,9 +24,11 @@ def _interface() -> DillSessionInterface:
 
 @cli.command("cleanup")
 def cleanup() -> None:
-    """Remove expired sessions and quarantined blobs past their keep time."""
+    """Remove expired sessions and quarantined blobs past their keep time (on Redis, which
+    expires them itself: move sessions an earlier release stored under their ids)."""
     store = _interface().store
     started = time.perf_counter()
     removed = store.cleanup()
     elapsed = time.perf_counter() - started
-    click.echo(f"removed {removed} expired entries from {type(store).__name__} in {elapsed:.2f} s")
+    summary = store.cleanup_summary.format(count=removed)
+    click.echo(f"{summary} from {type(store).__name__} in {elapsed:.2f} s")

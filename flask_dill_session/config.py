@@ -40,6 +40,7 @@ class Settings:
     version: str | None = None
     renames: Mapping[str, str] = field(default_factory=dict)
     encrypt: bool = False
+    redis_wait: tuple[int, int] | None = None  # (replicas, ms) to WAIT for after a write
 
 
 DEFAULTS = Settings()
@@ -143,6 +144,18 @@ def _renames(key: str, value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _wait(key: str, value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    ok = isinstance(value, (tuple, list)) and len(value) == 2
+    if not ok or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value):
+        raise ConfigError(
+            f"{key} must be None or (replicas, milliseconds), two positive ints such as"
+            f" (1, 100), got {value!r}"
+        )
+    return (value[0], value[1])
+
+
 #: Config key -> (:class:`Settings` field, check). A key not in the config keeps the default.
 KEYS: dict[str, tuple[str, Check]] = {
     "SECRET_KEY": ("secret_key", _secret),
@@ -163,6 +176,7 @@ KEYS: dict[str, tuple[str, Check]] = {
     "SESSION_DILL_VERSION": ("version", _version),
     "SESSION_DILL_RENAMES": ("renames", _renames),
     "SESSION_DILL_ENCRYPT": ("encrypt", _flag),
+    "SESSION_DILL_REDIS_WAIT": ("redis_wait", _wait),
 }
 
 

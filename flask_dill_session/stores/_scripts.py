@@ -120,3 +120,17 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
 end
 return moved
 """
+
+# KEYS: a session key of an earlier release (or of a fallback secret). Take the blob away:
+# reply {blob, ttl in ms (-1: none)} and delete the key, or false if it holds no string.
+# One request takes it; a concurrent one finds nothing, so a session logged out after its
+# move cannot be brought back by a request that read it before.
+TAKE = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then
+    return false
+end
+local blob = redis.call('GET', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return {blob, ttl}
+"""

@@ -123,6 +123,8 @@ class Store(ABC):
 
     #: Whether :meth:`open` with ``lock=True`` serializes concurrent requests.
     supports_locking: bool = True
+    #: What :meth:`cleanup` did, for ``flask dill-session cleanup``; ``{count}`` its result.
+    cleanup_summary: str = "removed {count} expired entries"
 
     @classmethod
     @abstractmethod
