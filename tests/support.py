@@ -271,13 +271,15 @@ class RedisServer:
         self.args = list(args)
         workdir.mkdir(parents=True, exist_ok=True)
         config = self.args[:1] if self.args and not self.args[0].startswith("-") else []
-        self.proc = subprocess.Popen(
-            [binary, *config, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir), *self.args[len(config) :]],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
+        self.log = workdir / f"redis-{self.port}.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [binary, *config, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(workdir), *self.args[len(config) :]],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
         wait_for_port(self.port, self.proc)
 
     def client(self, **kwargs: Any) -> redis.Redis:
@@ -392,6 +394,11 @@ class RedisSentinelServers:
             self.stop()
             raise
 
+    @property
+    def sentinel_port(self) -> int:
+        assert self.sentinel is not None
+        return self.sentinel.port
+
     def sentinel_client(self) -> redis.Redis:
         assert self.sentinel is not None
         return self.sentinel.client(decode_responses=True)
@@ -411,9 +418,10 @@ class RedisSentinelServers:
         )
 
     def master(self) -> RedisServer:
-        """The server the sentinel names master now."""
+        """The server the sentinel names master now, as clients ask (``SENTINEL MASTERS``;
+        ``get-master-addr-by-name`` names the promoted replica a little sooner)."""
         with self.sentinel_client() as client:
-            _, port = client.sentinel_get_master_addr_by_name(SERVICE)
+            port = client.sentinel_master(SERVICE)["port"]
         return next(server for server in self.servers if server.port == int(port))
 
     def replica(self) -> RedisServer:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask, session
+from redis.cluster import RedisCluster
 
 from flask_dill_session import ConfigError, DillSessionInterface
 from flask_dill_session.exc import StoreUnavailableError
@@ -57,8 +58,10 @@ def private_redis(redis_server: RedisServer, tmp_path: Path) -> Iterator[RedisSe
     server.stop()  # thawed first, in case the test froze it
 
 
-def counter_app(make_app: AppFactory, client: redis.Redis, **config: Any) -> Flask:
-    app = make_app(SECRET_KEY=SECRET, SESSION_DILL_BACKEND="redis", SESSION_REDIS=client, **config)
+def counter_app(make_app: AppFactory, client: redis.Redis | RedisCluster, **config: Any) -> Flask:
+    """The counter app on *client*; *config* overrides (``SECRET_KEY`` too)."""
+    settings = {"SECRET_KEY": SECRET, "SESSION_DILL_BACKEND": "redis", "SESSION_REDIS": client}
+    app = make_app(**(settings | config))
 
     @app.route("/count")
     def count() -> str:

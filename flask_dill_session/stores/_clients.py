@@ -3,8 +3,9 @@ made by Sentinel's ``master_for``) or a ``redis.cluster.RedisCluster``.
 
 The store checks methods, not classes (:func:`check`), names where a client connects for
 log lines (:func:`describe`), finds the client of each primary to ``SCAN`` (:func:`primaries`)
-and of the node that holds a key to ``WAIT`` on the connection that wrote
-(:func:`send_and_wait`), and keeps deadlines in the server's clock (:class:`ServerClock`).
+and of the node that holds a key to load a script there (:func:`run_script`) or to ``WAIT``
+on the connection that wrote (:func:`send_and_wait`), and keeps deadlines in the server's
+clock (:class:`ServerClock`).
 """
 
 from __future__ import annotations
@@ -121,6 +122,16 @@ def node_of(client: Client, name: str) -> redis.Redis:
         return _node_client(getattr(client, "get_node_from_key")(name))  # noqa: B009
     assert isinstance(client, redis.Redis)
     return client
+
+
+def run_script(client: Client, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """``EVALSHA`` *script*; a node that does not know it loads it, that node alone (redis-py
+    would load it on every primary, which fails while one of them is down)."""
+    try:
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        node_of(client, keys[0]).script_load(script.script)
+        return client.evalsha(script.sha, len(keys), *keys, *args)
 
 
 def send_and_wait(

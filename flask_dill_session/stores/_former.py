@@ -34,7 +34,7 @@ class FormerKeys:
         """Take the blob under *former* and put it under *name* (unless a blob is there
         already), keeping its TTL; whether there was one. Two commands: the keys' slots
         differ, so no script may touch both."""
-        taken = self.take_script(keys=[former])
+        taken = clients.run_script(self.client, self.take_script, [former], [])
         if not taken:
             return False
         blob, ttl = taken[0], int(taken[1])

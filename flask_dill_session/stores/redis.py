@@ -275,12 +275,16 @@ class RedisStore(Store):
                 command = ("EVALSHA", script.sha, len(keys), *keys, *full)
                 (reply,), acked = self.replicated(keys[0], [command], script)
             else:
-                reply = script(keys=keys, args=full)
+                reply = self.call(script, keys, full)
             received = self.server_clock.now()
             self.server_clock.learn(int(reply[1]), sent, received)
             if reply[0] != scripts.LATE or not self.server_clock.in_time(sent, received):
                 break
         return reply, acked
+
+    def call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """:func:`._clients.run_script` on this store's client."""
+        return clients.run_script(self.client, script, keys, args)
 
     def replicated(
         self, name: str, commands: Sequence[tuple[Any, ...]], script: Script | None = None
@@ -358,6 +362,11 @@ class _SessionLock(Lock):
         self.lease_ms = _ms(store.lock_lease)
         self.blob: bytes | None = None
         self.strikes = 0
+
+    def do_release(self, expected_token: str) -> None:
+        keys, args = [self.name], [expected_token]
+        if not self.store.call(self.lua_release, keys, args):  # type: ignore[arg-type]
+            raise redis.exceptions.LockNotOwnedError("lock no longer owned", lock_name=self.name)
 
     def do_acquire(self, token: str) -> bool:
         store = self.store
@@ -465,7 +474,7 @@ class _RedisEntry(Entry):
                     self.store.client.pexpire(self.names.session, _ms(ttl))
                 else:
                     args = [token or "", _ms(ttl), _flag(self.strikes)]
-                    self.store.touch_script(keys=list(self.names), args=args)
+                    self.store.call(self.store.touch_script, list(self.names), args)
         finally:
             self._released()
 
@@ -481,7 +490,7 @@ class _RedisEntry(Entry):
                 status = scripts.LOST
                 if token is not None or not self._locked:
                     args = [token or "", _ms(ttl), self.strikes + 1]
-                    status = int(self.store.strike_script(keys=list(self.names), args=args))
+                    status = int(self.store.call(self.store.strike_script, list(self.names), args))
         finally:
             self._released()
         if status == scripts.LOST:
@@ -507,7 +516,7 @@ class _RedisEntry(Entry):
                 elif script is None:
                     store.client.delete(names.session, names.strikes)
                 else:
-                    script(keys=list(names), args=[token])
+                    store.call(script, list(names), [token])
         finally:
             self._released()
         if store.wait is not None:
@@ -519,9 +528,8 @@ class _RedisEntry(Entry):
         target = self.store.quarantine_key(self.key, self.blob)
         try:
             with self.store.errors("quarantining a session"):
-                self.store.quarantine_script(
-                    keys=[*self.names, target], args=[self._token or b"", self.blob, _ms(ttl)]
-                )
+                keys, args = [*self.names, target], [self._token or b"", self.blob, _ms(ttl)]
+                self.store.call(self.store.quarantine_script, keys, args)
         finally:
             self._released()
 
