@@ -31,9 +31,11 @@ pytestmark = pytest.mark.redis
 def master_for(servers: RedisSentinelServers) -> redis.Redis:
     """A client of the service's master, found through the sentinel (again after an error:
     one retry, which asks the sentinel anew)."""
-    return servers.sentinels().master_for(
+    client = servers.sentinels().master_for(  # type: ignore[no-untyped-call]
         SERVICE, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 1)
     )
+    assert isinstance(client, redis.Redis)
+    return client
 
 
 @pytest.fixture
