@@ -5,8 +5,9 @@ Keys (:mod:`._keys`): a session lives under a keyed hash of its store key in a h
 ``session:{<tag>}``, with ``lock:session:{<tag>}``, ``strikes:session:{<tag>}`` and
 ``quarantine:session:{<tag>}:<fingerprint>:<blob hash>`` in the same cluster slot. The
 blob has a ``PX`` TTL of the idle lifetime, so Redis itself forgets idle sessions; the
-lock is :class:`redis.lock.Lock`'s random token with a ``PX`` TTL of the lease; the strike
-count (:meth:`~flask_dill_session.stores.base.Entry.strike`) exists only while not 0.
+lock is a random token with a ``PX`` TTL of the lease (a holder that died frees it when the
+lease ends); the strike count (:meth:`~flask_dill_session.stores.base.Entry.strike`)
+exists only while not 0.
 
 Every step is a single command or a single Lua script on the keys of one session (so of
 one slot), applied whole or not at all, and a holder that lost its lock is caught in the
@@ -63,12 +64,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import redis.exceptions
 from redis.commands.core import Script
-from redis.lock import Lock
 
 from ..config import DEFAULTS, Settings
 from ..exc import ConfigError, LockTimeoutError, StoreUnavailableError
@@ -103,7 +104,7 @@ def _ms(seconds: float) -> int:
 
 
 class RedisStore(Store):
-    """Session blobs in Redis, with per-session locks made by :class:`redis.lock.Lock`.
+    """Session blobs in Redis, with per-session locks.
 
     *client* is a ``redis.Redis`` (also Sentinel's ``master_for(...)``) or a
     ``redis.cluster.RedisCluster``, made with ``decode_responses=False``; any object with
@@ -156,6 +157,7 @@ class RedisStore(Store):
         self.strike_script = client.register_script(scripts.STRIKE)
         self.delete_script = client.register_script(scripts.DELETE)
         self.quarantine_script = client.register_script(scripts.QUARANTINE)
+        self.release_script = client.register_script(scripts.RELEASE)
         self.former = FormerKeys(client, self.names)
 
     @classmethod
@@ -237,7 +239,6 @@ class RedisStore(Store):
             if session_lock.blob is not None:
                 blob, strikes = session_lock.blob, session_lock.strikes
                 return _RedisEntry(self, key, names, blob, session_lock, strikes)
-            session_lock.local.token = None  # no such session: the script took no lock
         if look_elsewhere and self._adopt(key, names.session):
             return self._open(key, names, lock, look_elsewhere=False)
         return _RedisEntry(self, key, names, None, None)
@@ -344,41 +345,48 @@ class RedisStore(Store):
         return self.unavailable(action, f"Redis answered after the socket timeout ({timeout} s)")
 
 
-class _SessionLock(Lock):
-    """redis-py's lock whose acquiring step also reads the session, in one script."""
+class _SessionLock:
+    """A session's lock: a random token under its lock key with the lease as ``PX`` TTL,
+    taken by the script that also reads the session, tried every ``lock_poll`` seconds
+    until ``lock_timeout``."""
 
     def __init__(self, store: RedisStore, key: str, names: Names) -> None:
-        super().__init__(
-            store.client,
-            names.lock,
-            timeout=store.lock_lease,
-            sleep=store.lock_poll,
-            blocking_timeout=store.lock_timeout,
-            thread_local=False,  # the entry belongs to one request, not to a thread
-        )
         self.store = store
         self.key = key
         self.keys = list(names)
-        self.lease_ms = _ms(store.lock_lease)
         self.blob: bytes | None = None
         self.strikes = 0
+        self.token: bytes | None = None  # set while held
 
-    def do_release(self, expected_token: str) -> None:
-        keys, args = [self.name], [expected_token]
-        if not self.store.call(self.lua_release, keys, args):  # type: ignore[arg-type]
-            raise redis.exceptions.LockNotOwnedError("lock no longer owned", lock_name=self.name)
+    def acquire(self) -> bool:
+        """Take the lock and read the session (no lock if there is none); ``False`` if
+        another request held it until the lock timeout."""
+        store, token = self.store, secrets.token_hex(16).encode()
+        give_up = time.monotonic() + store.lock_timeout
+        while not self._try(token):
+            if time.monotonic() + store.lock_poll > give_up:
+                return False
+            time.sleep(store.lock_poll)
+        return True
 
-    def do_acquire(self, token: str) -> bool:
+    def _try(self, token: bytes) -> bool:
         store = self.store
-        reply, _ = store.run(store.open_script, self.keys, [token, self.lease_ms], retry=True)
+        args = [token, _ms(store.lock_lease)]
+        reply, _ = store.run(store.open_script, self.keys, args, retry=True)
         if reply[0] == scripts.LATE:
             raise store.late("locking and reading a session")
         if reply[0] == scripts.BUSY:
             return False  # held by another request
-        done = reply[0] == scripts.DONE
-        self.blob = reply[2] if done else None
-        self.strikes = _count(reply[3]) if done else 0
+        if reply[0] == scripts.DONE:
+            self.blob, self.strikes, self.token = reply[2], _count(reply[3]), token
         return True
+
+    def release(self) -> bool:
+        """Delete the lock if it still holds our token; whether it did."""
+        token, self.token = self.token, None
+        return token is None or bool(
+            self.store.call(self.store.release_script, self.keys[1:2], [token])
+        )
 
 
 class _RedisEntry(Entry):
@@ -408,11 +416,11 @@ class _RedisEntry(Entry):
 
     @property
     def _token(self) -> Any:
-        return None if self._lock is None else self._lock.local.token
+        return None if self._lock is None else self._lock.token
 
     def _released(self) -> None:
         if self._lock is not None:
-            self._lock.local.token = None
+            self._lock.token = None
             self._lock = None
 
     def write(self, blob: bytes, ttl: float) -> bool:
@@ -543,17 +551,10 @@ class _RedisEntry(Entry):
     def release(self) -> None:
         """Release the lock if still held; never raises (the lease frees it anyway)."""
         lock, self._lock = self._lock, None
-        if lock is None or lock.local.token is None:
+        if lock is None or lock.token is None:
             return
         try:
-            lock.release()
-        except redis.exceptions.LockNotOwnedError:
-            logger.warning(
-                "session %s: lock lost (lease of %g s ran out, or a failover) before the"
-                " request ended",
-                fingerprint(self.key),
-                self.store.lock_lease,
-            )
+            released = lock.release()
         except CLIENT_ERRORS as exc:
             logger.error(
                 "session %s: lock not released (it ends with its lease): Redis at %s: %s: %s",
@@ -561,4 +562,12 @@ class _RedisEntry(Entry):
                 self.store.address,
                 type(exc).__name__,
                 exc,
+            )
+            return
+        if not released:
+            logger.warning(
+                "session %s: lock lost (lease of %g s ran out, or a failover) before the"
+                " request ended",
+                fingerprint(self.key),
+                self.store.lock_lease,
             )
