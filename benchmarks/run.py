@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from . import codec, perrequest, scale, throughput
+from tests.support import redis_cli_binary
 
-SECTIONS = ("codec", "requests", "untouched", "scale", "throughput")
+from . import codec, harness, peer, perrequest, scale, throughput
+
+SECTIONS = ("codec", "requests", "untouched", "scale", "throughput", "peer")
 
 
 @dataclass
@@ -145,11 +147,11 @@ def run_requests(apps: perrequest.Apps, quick: bool) -> list[Row]:
             ("cachelib", "Flask-Session + cachelib FileSystemCache", 0.25 if goals else None),
             ("cookie", "Flask cookie session", 1.0 if goals and number == "2" else None),
         ]
-        for peer, title, goal in peers:
+        for other, title, goal in peers:
             ratio = samples.ratio(
-                "ours", peer, top_minus="ours context", bottom_minus=f"{peer} context"
+                "ours", other, top_minus="ours context", bottom_minus=f"{other} context"
             )
-            reference = f"{title} {_us(samples.overhead(peer, f'{peer} context'))}"
+            reference = f"{title} {_us(samples.overhead(other, f'{other} context'))}"
             row = Row(number, f"{label}; ours on the filesystem", ours, reference, ratio)
             if goal is not None:
                 row.goal, row.met = _at_most(ratio, goal)
@@ -254,6 +256,58 @@ def run_throughput(workdir: Path, quick: bool) -> list[Row]:
     return rows
 
 
+def _spread(samples: harness.Samples, top: str, bottom: str) -> str:
+    """The range of the per-round ratios *top* / *bottom*."""
+    ratios = [a / b for a, b in zip(samples.per_round[top], samples.per_round[bottom], strict=True)]
+    return f"per round {min(ratios):.2f}x-{max(ratios):.2f}x"
+
+
+def run_peer(workdir: Path, quick: bool) -> list[Row]:
+    if None in (throughput.wrk_binary(), redis_cli_binary()) or not throughput.redis_available():
+        log("7. skipped: needs wrk, redis-server and redis-cli")
+        return [
+            Row("7", "Redis against Flask-Session: skipped, wrk or Redis missing", "", "", None)
+        ]
+    rounds, seconds = (2, 2.0) if quick else (15, 2.0)
+    log("7. counter app on Redis: ours (locking) and Flask-Session; ours on a cluster")
+    samples, trips = peer.measure(workdir / "peer", rounds=rounds, seconds=seconds)
+    app = "a counter app (an int and a str in the session), gunicorn 2 workers, wrk on loopback"
+    theirs = f"Flask-Session {version('flask-session')}"
+    rows = []
+    for name, what in (
+        (peer.OURS, "ours with locking vs Flask-Session without, on one redis-server"),
+        (peer.OURS_CLUSTER, f"ours on a 3-master Redis Cluster vs {theirs} on one server"),
+    ):
+        ratio = samples.ratio(name, peer.THEIRS)
+        rows.append(
+            Row(
+                "7",
+                f"throughput of {app}: {what}; {_spread(samples, name, peer.THEIRS)}",
+                f"{samples.median(name):.0f} req/s",
+                f"{theirs} {samples.median(peer.THEIRS):.0f} req/s",
+                ratio,
+                *(_at_least(ratio, 1.0) if name == peer.OURS else ("", None)),
+            )
+        )
+    for name in (peer.OURS, peer.OURS_CLUSTER):
+        mine, others = trips[name], trips[peer.THEIRS]
+        rows.append(
+            Row(
+                "7",
+                f"Redis round trips per request, {name}; and commands Redis ran per request"
+                f" (in Lua scripts too): ours {_commands(mine)}; theirs {_commands(others)}",
+                f"{mine.sent:.2f} ({mine.ran:.1f} commands)",
+                f"{theirs} {others.sent:.2f} ({others.ran:.1f} commands)",
+                None,
+            )
+        )
+    return rows
+
+
+def _commands(trips: peer.Trips) -> str:
+    return ", ".join(f"{name} {n:.1f}" for name, n in trips.commands.items() if n >= 0.05)
+
+
 def machine(workdir: Path) -> str:
     memory = ""
     with open("/proc/meminfo") as meminfo:
@@ -311,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             "untouched": lambda: run_untouched(apps, args.quick),
             "scale": lambda: run_scale(workdir, args.quick, not args.no_million),
             "throughput": lambda: run_throughput(workdir, args.quick),
+            "peer": lambda: run_peer(workdir, args.quick),
         }
         for name in SECTIONS:
             if name in sections:

@@ -126,6 +126,7 @@ class Server:
 
     def __init__(self, argv: Sequence[str], port: int, env: Mapping[str, str], cwd: Path) -> None:
         self.port = port
+        self.env = dict(env)
         self.url = f"http://127.0.0.1:{port}"
         self.log = cwd / f"server-{port}.log"
         with open(self.log, "wb") as log:

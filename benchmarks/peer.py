@@ -1,0 +1,187 @@
+"""Section 7: ours on Redis against Flask-Session's Redis backend on one ``redis-server``,
+and ours on a 3-master Redis Cluster, under gunicorn and ``wrk``.
+
+The app is a counter whose session holds an int and a string (what Flask-Session's msgspec
+serializer can carry); ours locks each session, Flask-Session does not. Both use the same
+redis-py client settings and the same server. Throughput is measured as in section 6 (one
+``wrk`` run per server per round, the order rotating). Round trips per request are counted
+with ``MONITOR`` while requests are sent one at a time: the commands clients sent (one
+round trip each: neither side pipelines here), and every command Redis ran, those inside
+Lua scripts included.
+
+    BENCH_PEER=ours|flask-session BENCH_REDIS_PORT=... [BENCH_REDIS_CLUSTER=1]
+    gunicorn 'benchmarks.peer:create_app()'
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from flask import Flask, session
+from redis.cluster import RedisCluster
+
+from tests.support import RedisClusterServers, RedisServer, gunicorn
+
+from . import throughput
+from .harness import Samples
+
+SECRET = "benchmark-secret"
+OURS, THEIRS, OURS_CLUSTER = "ours (redis)", "flask-session (redis)", "ours (cluster)"
+_END = "fds-benchmark-end"  # the ECHO that ends a MONITOR count
+
+
+def create_app() -> Flask:
+    """The counter app with the session ``BENCH_PEER`` names, on the Redis server (or the
+    cluster, with ``BENCH_REDIS_CLUSTER=1``) at ``BENCH_REDIS_PORT``."""
+    port = int(os.environ["BENCH_REDIS_PORT"])
+    options: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    client: redis.Redis | RedisCluster
+    if os.environ.get("BENCH_REDIS_CLUSTER") == "1":
+        client = RedisCluster(host="127.0.0.1", port=port, **options)
+    else:
+        client = redis.Redis(host="127.0.0.1", port=port, **options)
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY=SECRET, SESSION_REDIS=client)
+    peer = os.environ["BENCH_PEER"]
+    if peer == "ours":
+        from flask_dill_session import Session
+
+        app.config.update(SESSION_TYPE="dill", SESSION_DILL_BACKEND="redis")
+        Session(app)
+    elif peer == "flask-session":
+        import flask_session
+
+        app.config.update(SESSION_TYPE="redis")
+        flask_session.Session(app)
+    else:
+        raise ValueError(f"BENCH_PEER must be ours or flask-session, got {peer!r}")
+
+    @app.route("/start_counter")
+    def start_counter() -> str:
+        session["x"] = 0
+        session["name"] = "visitor"
+        session.permanent = True
+        return "counter started"
+
+    @app.route("/count")
+    def count() -> str:
+        session["x"] += 1
+        return f"{session['name']} {session['x']}"
+
+    return app
+
+
+@dataclass
+class Trips:
+    """Per request: commands clients sent (round trips), every command Redis ran, and how
+    many of each."""
+
+    sent: float
+    ran: float
+    commands: dict[str, float]
+
+
+@contextmanager
+def targets(workdir: Path) -> Iterator[list[throughput.Target]]:
+    """Ours and Flask-Session under gunicorn (2 workers) on one shared ``redis-server``, and
+    ours on a 3-master cluster (Flask-Session 0.8 takes only a ``redis.Redis`` client)."""
+    root = Path(__file__).resolve().parent.parent
+    base = {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    with ExitStack() as stack:
+        server = RedisServer(workdir / "redis")
+        stack.callback(server.stop)
+        cluster = RedisClusterServers(workdir / "cluster")
+        stack.callback(cluster.stop)
+        single = {"BENCH_REDIS_PORT": str(server.port)}
+        sharded = {"BENCH_REDIS_PORT": str(cluster.nodes[0].port), "BENCH_REDIS_CLUSTER": "1"}
+        found = []
+        for name, peer, env in (
+            (OURS, "ours", single),
+            (THEIRS, "flask-session", single),
+            (OURS_CLUSTER, "ours", sharded),
+        ):
+            logs = workdir / name.replace(" ", "-").strip("()")
+            logs.mkdir(parents=True, exist_ok=True)
+            app_env = {**base, **env, "BENCH_PEER": peer}
+            app_server = gunicorn(logs, "benchmarks.peer:create_app()", app_env, workers=2)
+            stack.callback(app_server.stop)
+            cookies = throughput.start_sessions(app_server.url, throughput.SESSIONS)
+            script = throughput.wrk_script(workdir, logs.name, cookies)
+            found.append(throughput.Target(name, app_server, script, cookies))
+        yield found
+
+
+def count_trips(target: throughput.Target, ports: list[int], requests: int = 200) -> Trips:
+    """Send *requests* ``GET /count`` one at a time while every node at *ports* is
+    monitored; the commands per request."""
+    cookies = target.cookies
+    seen: list[Counter[tuple[str, bool]]] = [Counter() for _ in ports]
+    ready = [threading.Event() for _ in ports]
+
+    def watch(index: int, port: int) -> None:
+        with redis.Redis(port=port, socket_timeout=60) as client, client.monitor() as monitor:
+            ready[index].set()
+            for command in monitor.listen():
+                words = command["command"].split()
+                if words[:2] == ["ECHO", _END]:
+                    return
+                seen[index][words[0].upper(), command.get("client_type") == "lua"] += 1
+
+    threads = [threading.Thread(target=watch, args=pair) for pair in enumerate(ports)]
+    for thread in threads:
+        thread.start()
+    for event in ready:
+        assert event.wait(30)
+    for n in range(requests):
+        request = urllib.request.Request(target.server.url + "/count")
+        request.add_header("Cookie", cookies[n % len(cookies)])
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+    for port in ports:
+        with redis.Redis(port=port, socket_timeout=5) as client:
+            client.echo(_END)
+    for thread in threads:
+        thread.join(60)
+    total: Counter[tuple[str, bool]] = sum(seen, Counter())
+    sent = sum(n for (_, lua), n in total.items() if not lua)
+    commands: Counter[str] = Counter()
+    for (name, _), n in total.items():
+        commands[name] += n
+    per_request = {name: n / requests for name, n in commands.most_common()}
+    return Trips(sent / requests, total.total() / requests, per_request)
+
+
+def measure(workdir: Path, *, rounds: int, seconds: float) -> tuple[Samples, dict[str, Trips]]:
+    """Requests per second of each target (one value per round), and the round trips per
+    request of each."""
+    samples = Samples()
+    trips = {}
+    with targets(workdir) as found:
+        for target in found:  # warm up: imports, connections, Lua scripts
+            throughput.run_wrk(target, 1)
+            samples.per_round[target.name] = []
+            trips[target.name] = count_trips(target, _ports(target))
+        for index in range(rounds):
+            order = found[index % len(found) :] + found[: index % len(found)]
+            for target in order:
+                samples.per_round[target.name].append(throughput.run_wrk(target, seconds))
+    return samples, trips
+
+
+def _ports(target: throughput.Target) -> list[int]:
+    """The Redis ports *target*'s app uses: the server, or every node of the cluster."""
+    env = target.server.env
+    port = int(env["BENCH_REDIS_PORT"])
+    if env.get("BENCH_REDIS_CLUSTER") != "1":
+        return [port]
+    with RedisCluster(host="127.0.0.1", port=port) as client:
+        return sorted(node.port for node in client.get_primaries())
