@@ -29,7 +29,15 @@ from flask_dill_session.stores.base import fingerprint
 from flask_dill_session.stores.redis import RedisStore
 
 from .apps.redis_app import redis_client
-from .support import ROOT, RedisServer, Server, free_port, gunicorn, redis_store_of
+from .support import (
+    ROOT,
+    RedisClusterServers,
+    RedisServer,
+    Server,
+    free_port,
+    gunicorn,
+    redis_store_of,
+)
 from .support import interface as app_interface
 
 AppFactory = Callable[..., Flask]
@@ -355,6 +363,35 @@ def test_redis_backend_needs_a_redis_client(make_app: AppFactory) -> None:
         make_app(SESSION_DILL_BACKEND="redis", SESSION_REDIS="redis://127.0.0.1:6379")
     with pytest.raises(ConfigError, match="decode_responses=False"):
         make_app(SESSION_DILL_BACKEND="redis", SESSION_REDIS=redis.Redis(decode_responses=True))
+
+
+class NotAClient:
+    """Has some of a client's methods, not all: accepted or refused by what it can do."""
+
+    def get(self, name: str) -> None:
+        return None
+
+    def set(self, name: str, value: bytes) -> None:
+        return None
+
+
+def test_a_client_is_checked_by_what_it_can_do(redis_cluster: RedisClusterServers) -> None:
+    with pytest.raises(ConfigError, match=r"got NotAClient, which lacks register_script, "):
+        RedisStore(NotAClient(), secret=SECRET)  # type: ignore[arg-type]
+    decoding = redis_cluster.client(decode_responses=True)
+    with decoding, pytest.raises(ConfigError, match="decode_responses=False"):
+        RedisStore(decoding, secret=SECRET)
+    with redis_cluster.client() as cluster:
+        assert RedisStore(cluster, secret=SECRET).address.startswith("cluster 127.0.0.1:")
+
+
+def test_wait_must_end_before_the_socket_timeout(
+    redis_server: RedisServer, make_app: AppFactory
+) -> None:
+    client = redis.Redis(port=redis_server.port, socket_timeout=0.5)
+    with pytest.raises(ConfigError, match=r"SESSION_DILL_REDIS_WAIT waits up to 500 ms, not less"):
+        counter_app(make_app, client, SESSION_DILL_REDIS_WAIT=(1, 500))
+    counter_app(make_app, client, SESSION_DILL_REDIS_WAIT=(1, 499))
 
 
 # -- helpers -------------------------------------------------------------------------------

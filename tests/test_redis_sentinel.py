@@ -21,7 +21,7 @@ from flask_dill_session.exc import StoreUnavailableError
 from flask_dill_session.stores.redis import RedisStore
 
 from .support import SERVICE, RedisSentinelServers, interface, redis_store_of, wait_for
-from .test_redis import SECRET, counter_app
+from .test_redis import SECRET, CountingConnection, counter_app
 
 AppFactory = Callable[..., Flask]
 
@@ -89,6 +89,20 @@ def test_wait_holds_each_write_until_the_replica_has_it_and_answers_503_when_it_
     name = redis_store_of(app).session_key(interface(app).store_key(sid_of(browser)))
     with replica.client() as direct:
         wait_for(lambda: direct.exists(name) == 1, "the replica catching up")
+
+
+def test_wait_costs_no_round_trip_of_its_own(
+    servers: RedisSentinelServers, make_app: AppFactory
+) -> None:
+    pool = redis.ConnectionPool(
+        connection_class=CountingConnection, port=servers.master().port, socket_timeout=5
+    )
+    app = counter_app(make_app, redis.Redis(connection_pool=pool), SESSION_DILL_REDIS_WAIT=(1, 500))
+    browser = app.test_client()
+    assert [browser.get("/count").text for _ in range(3)] == ["1", "2", "3"]  # scripts loaded
+    CountingConnection.sends = 0
+    assert browser.get("/count").text == "4"
+    assert CountingConnection.sends == 2  # lock and read; write, release and WAIT
 
 
 class Incrementer:

@@ -32,7 +32,7 @@ from flask_dill_session.stores._keys import KeyNames
 from flask_dill_session.stores.base import Entry, fingerprint
 from flask_dill_session.stores.cachelib import CacheLibStore
 from flask_dill_session.stores.filesystem import FileSystemStore, frame, last_record
-from flask_dill_session.stores.redis import RedisStore
+from flask_dill_session.stores.redis import CLIENT_ERRORS, RedisStore
 
 from .apps.redis_app import redis_client
 from .support import (
@@ -531,6 +531,26 @@ def test_a_redis_cluster_exception_is_a_store_error(
         RedisCluster(host="127.0.0.1", port=redis_server.port)
     assert isinstance(caught.value.__cause__, RedisClusterException)
     assert_names(caught.value, "RedisClusterException: ", store.address.split("/")[0])
+
+
+def test_every_exception_class_of_the_client_is_a_store_error() -> None:
+    """Those of redis.exceptions (``MovedError``, ``TryAgainError``, ``ClusterDownError``,
+    ``RedisClusterException``, timeouts...) and of its other modules (Sentinel's
+    ``MasterNotFoundError``...), whatever their base class."""
+    import redis.cluster
+    import redis.sentinel
+
+    modules = (redis.exceptions, redis.cluster, redis.sentinel, redis.client, redis.connection)
+    found = {
+        cls
+        for module in modules
+        for cls in vars(module).values()
+        if isinstance(cls, type)
+        and issubclass(cls, Exception)
+        and cls.__module__.startswith("redis")
+    }
+    assert {redis.exceptions.MovedError, redis.exceptions.TryAgainError} <= found
+    assert [cls.__name__ for cls in found if not issubclass(cls, CLIENT_ERRORS)] == []
 
 
 @pytest.mark.redis
