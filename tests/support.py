@@ -101,11 +101,22 @@ class CountingEntry(Entry):
         self.inner.release()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(*, bus: bool = False) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now; with *bus*, port + 10000
+    (a Redis Cluster node's bus) is free too."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if not bus:
+                return port
+            if port + 10000 < 65536:
+                with socket.socket() as other:
+                    try:
+                        other.bind(("127.0.0.1", port + 10000))
+                    except OSError:
+                        continue
+                    return port
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -322,11 +333,10 @@ class RedisClusterServers:
         self.nodes: list[RedisServer] = []
         try:
             for index in range(masters):
-                bus = free_port()
-                args = ["--cluster-enabled", "yes", "--cluster-port", str(bus),
-                        "--cluster-config-file", "nodes.conf",
+                args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                         "--cluster-node-timeout", "2000"]  # fmt: skip
-                self.nodes.append(RedisServer(workdir / f"node-{index}", args=args))
+                port = free_port(bus=True)  # the cluster bus listens on port + 10000
+                self.nodes.append(RedisServer(workdir / f"node-{index}", port, args))
             addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
             subprocess.run(
                 [cli, "--cluster", "create", *addresses,
