@@ -115,7 +115,7 @@ def primaries(client: Client) -> list[redis.Redis]:
     return [client]
 
 
-def node_of(client: Client, name: str) -> redis.Redis:
+def node_of(client: Client, name: str | bytes) -> redis.Redis:
     """A client of the node that holds key *name* (*client* itself unless a cluster), so
     that commands pipelined on it share one connection."""
     if is_cluster(client):
@@ -136,7 +136,7 @@ def run_script(client: Client, script: Script, keys: Sequence[Any], args: Sequen
 
 def send_and_wait(
     client: Client,
-    name: str,
+    name: str | bytes,
     commands: Sequence[tuple[Any, ...]],
     wait: tuple[int, int],
     script: Script | None = None,

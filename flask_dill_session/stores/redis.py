@@ -259,7 +259,7 @@ class RedisStore(Store):
     def run(
         self,
         script: Script,
-        keys: list[str],
+        keys: Sequence[str | bytes],
         args: list[Any],
         *,
         retry: bool,
@@ -271,7 +271,7 @@ class RedisStore(Store):
         acked = None
         for _ in range(2 if retry else 1):
             sent = self.server_clock.now()
-            full = [*args, self.server_clock.deadline(sent)]
+            full = [*args, b"%d" % self.server_clock.deadline(sent)]
             if replicate and self.wait is not None:
                 command = ("EVALSHA", script.sha, len(keys), *keys, *full)
                 (reply,), acked = self.replicated(keys[0], [command], script)
@@ -283,12 +283,12 @@ class RedisStore(Store):
                 break
         return reply, acked
 
-    def call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+    def call(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
         """:func:`._clients.run_script` on this store's client."""
         return clients.run_script(self.client, script, keys, args)
 
     def replicated(
-        self, name: str, commands: Sequence[tuple[Any, ...]], script: Script | None = None
+        self, name: str | bytes, commands: Sequence[tuple[Any, ...]], script: Script | None = None
     ) -> tuple[list[Any], int]:
         """:func:`._clients.send_and_wait` with the configured ``WAIT``."""
         assert self.wait is not None
@@ -353,7 +353,7 @@ class _SessionLock:
     def __init__(self, store: RedisStore, key: str, names: Names) -> None:
         self.store = store
         self.key = key
-        self.keys = list(names)
+        self.keys = [name.encode() for name in names]  # bytes: cheaper to send
         self.blob: bytes | None = None
         self.strikes = 0
         self.token: bytes | None = None  # set while held
@@ -371,7 +371,7 @@ class _SessionLock:
 
     def _try(self, token: bytes) -> bool:
         store = self.store
-        args = [token, _ms(store.lock_lease)]
+        args = [token, b"%d" % _ms(store.lock_lease)]
         reply, _ = store.run(store.open_script, self.keys, args, retry=True)
         if reply[0] == scripts.LATE:
             raise store.late("locking and reading a session")
@@ -446,8 +446,8 @@ class _RedisEntry(Entry):
             if self._locked:
                 return scripts.LOST, None  # the lock was released already
             return self._set(blob, ttl, create=False)
-        store, args = self.store, [token, blob, _ms(ttl), _flag(self.strikes)]
-        keys = list(self.names)
+        store, args = self.store, [token, blob, b"%d" % _ms(ttl), b"%d" % _flag(self.strikes)]
+        keys = self._lock.keys if self._lock is not None else list(self.names)
         reply, acked = store.run(store.write_script, keys, args, retry=False, replicate=True)
         return int(reply[0]), acked
 
