@@ -7,9 +7,11 @@ redis-py client settings and the same server. Throughput is measured as in secti
 ``wrk`` run per server per round, the order rotating). Round trips per request are counted
 with ``MONITOR`` while requests are sent one at a time: the commands clients sent (one
 round trip each: neither side pipelines here), and every command Redis ran, those inside
-Lua scripts included.
+Lua scripts included. Besides requests per second, each run records the CPU time the
+app's processes and Redis used per request: on a machine shared with other work it moves
+much less than throughput, and on a saturated machine of its own throughput follows it.
 
-    BENCH_PEER=ours|flask-session BENCH_REDIS_PORT=... [BENCH_REDIS_CLUSTER=1]
+    BENCH_PEER=ours|flask-session BENCH_REDIS_PORT=... [BENCH_REDIS_CLUSTER=1] [BENCH_LOCKING=0]
     gunicorn 'benchmarks.peer:create_app()'
 """
 
@@ -36,6 +38,7 @@ from .harness import Samples
 
 SECRET = "benchmark-secret"
 OURS, THEIRS, OURS_CLUSTER = "ours (redis)", "flask-session (redis)", "ours (cluster)"
+OURS_UNLOCKED = "ours (redis, no locking)"
 _END = "fds-benchmark-end"  # the ECHO that ends a MONITOR count
 
 
@@ -55,7 +58,10 @@ def create_app() -> Flask:
     if peer == "ours":
         from flask_dill_session import Session
 
-        app.config.update(SESSION_TYPE="dill", SESSION_DILL_BACKEND="redis")
+        locking = os.environ.get("BENCH_LOCKING", "1") == "1"
+        app.config.update(
+            SESSION_TYPE="dill", SESSION_DILL_BACKEND="redis", SESSION_DILL_LOCKING=locking
+        )
         Session(app)
     elif peer == "flask-session":
         import flask_session
@@ -92,8 +98,9 @@ class Trips:
 
 @contextmanager
 def targets(workdir: Path) -> Iterator[list[throughput.Target]]:
-    """Ours and Flask-Session under gunicorn (2 workers) on one shared ``redis-server``, and
-    ours on a 3-master cluster (Flask-Session 0.8 takes only a ``redis.Redis`` client)."""
+    """Ours and Flask-Session under gunicorn (2 workers) on one shared ``redis-server``, ours
+    on a 3-master cluster (Flask-Session 0.8 takes only a ``redis.Redis`` client), and ours
+    without locking, to show what the locks cost."""
     root = Path(__file__).resolve().parent.parent
     base = {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     with ExitStack() as stack:
@@ -108,6 +115,7 @@ def targets(workdir: Path) -> Iterator[list[throughput.Target]]:
             (OURS, "ours", single),
             (THEIRS, "flask-session", single),
             (OURS_CLUSTER, "ours", sharded),
+            (OURS_UNLOCKED, "ours", {**single, "BENCH_LOCKING": "0"}),
         ):
             logs = workdir / name.replace(" ", "-").strip("()")
             logs.mkdir(parents=True, exist_ok=True)
@@ -160,21 +168,58 @@ def count_trips(target: throughput.Target, ports: list[int], requests: int = 200
     return Trips(sent / requests, total.total() / requests, per_request)
 
 
-def measure(workdir: Path, *, rounds: int, seconds: float) -> tuple[Samples, dict[str, Trips]]:
-    """Requests per second of each target (one value per round), and the round trips per
-    request of each."""
-    samples = Samples()
-    trips = {}
+@dataclass
+class Results:
+    """Per target, one value per round: requests per second; CPU seconds per request (the
+    app's processes and Redis's together). And round trips per request."""
+
+    rates: Samples
+    cpu: Samples
+    trips: dict[str, Trips]
+
+
+def measure(workdir: Path, *, rounds: int, seconds: float) -> Results:
+    """Requests per second and CPU per request of each target (one value per round), and
+    the round trips per request of each."""
+    results = Results(Samples(), Samples(), {})
     with targets(workdir) as found:
+        ports = {target.name: _ports(target) for target in found}
         for target in found:  # warm up: imports, connections, Lua scripts
             throughput.run_wrk(target, 1)
-            samples.per_round[target.name] = []
-            trips[target.name] = count_trips(target, _ports(target))
+            results.rates.per_round[target.name] = []
+            results.cpu.per_round[target.name] = []
+            results.trips[target.name] = count_trips(target, ports[target.name])
         for index in range(rounds):
             order = found[index % len(found) :] + found[: index % len(found)]
             for target in order:
-                samples.per_round[target.name].append(throughput.run_wrk(target, seconds))
-    return samples, trips
+                before = _cpu(target, ports[target.name])
+                rate, done = throughput.run_wrk_counted(target, seconds)
+                used = _cpu(target, ports[target.name]) - before
+                results.rates.per_round[target.name].append(rate)
+                results.cpu.per_round[target.name].append(used / done)
+    return results
+
+
+def _cpu(target: throughput.Target, ports: list[int]) -> float:
+    """CPU seconds used so far by the target's gunicorn processes (its process group) and
+    by the Redis servers at *ports*."""
+    used = 0.0
+    group = target.server.proc.pid
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == group:  # pgrp; utime and stime follow at 11 and 12
+            used += (int(fields[11]) + int(fields[12])) / tick
+    for port in ports:
+        with redis.Redis(port=port, socket_timeout=5) as client:
+            info = client.info("cpu")
+        used += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+    return used
 
 
 def _ports(target: throughput.Target) -> list[int]:

@@ -270,26 +270,39 @@ def run_peer(workdir: Path, quick: bool) -> list[Row]:
         ]
     rounds, seconds = (2, 2.0) if quick else (15, 2.0)
     log("7. counter app on Redis: ours (locking) and Flask-Session; ours on a cluster")
-    samples, trips = peer.measure(workdir / "peer", rounds=rounds, seconds=seconds)
+    results = peer.measure(workdir / "peer", rounds=rounds, seconds=seconds)
+    rates, cpu, trips = results.rates, results.cpu, results.trips
     app = "a counter app (an int and a str in the session), gunicorn 2 workers, wrk on loopback"
     theirs = f"Flask-Session {version('flask-session')}"
     rows = []
     for name, what in (
         (peer.OURS, "ours with locking vs Flask-Session without, on one redis-server"),
         (peer.OURS_CLUSTER, f"ours on a 3-master Redis Cluster vs {theirs} on one server"),
+        (peer.OURS_UNLOCKED, "ours without locking (as Flask-Session) vs Flask-Session"),
     ):
-        ratio = samples.ratio(name, peer.THEIRS)
+        ratio = rates.ratio(name, peer.THEIRS)
         rows.append(
             Row(
                 "7",
-                f"throughput of {app}: {what}; {_spread(samples, name, peer.THEIRS)}",
-                f"{samples.median(name):.0f} req/s",
-                f"{theirs} {samples.median(peer.THEIRS):.0f} req/s",
+                f"throughput of {app}: {what}; {_spread(rates, name, peer.THEIRS)}",
+                f"{rates.median(name):.0f} req/s",
+                f"{theirs} {rates.median(peer.THEIRS):.0f} req/s",
                 ratio,
                 *(_at_least(ratio, 1.0) if name == peer.OURS else ("", None)),
             )
         )
-    for name in (peer.OURS, peer.OURS_CLUSTER):
+        efficiency = cpu.ratio(peer.THEIRS, name)
+        rows.append(
+            Row(
+                "7",
+                f"the same runs, CPU per request (app processes and Redis), as a throughput"
+                f" ratio (theirs / ours); {_spread(cpu, peer.THEIRS, name)}",
+                f"{cpu.median(name) * 1e6:.0f} µs",
+                f"{theirs} {cpu.median(peer.THEIRS) * 1e6:.0f} µs",
+                efficiency,
+            )
+        )
+    for name in (peer.OURS, peer.OURS_CLUSTER, peer.OURS_UNLOCKED):
         mine, others = trips[name], trips[peer.THEIRS]
         rows.append(
             Row(

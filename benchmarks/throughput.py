@@ -75,6 +75,12 @@ def wrk_script(directory: Path, name: str, cookies: list[str]) -> Path:
 
 def run_wrk(target: Target, seconds: float) -> float:
     """Requests per second of one wrk run; every response must be a 2xx."""
+    return run_wrk_counted(target, seconds)[0]
+
+
+def run_wrk_counted(target: Target, seconds: float) -> tuple[float, int]:
+    """Requests per second of one wrk run, and how many requests it completed; every
+    response must be a 2xx."""
     output = subprocess.run(
         [
             "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
@@ -84,10 +90,11 @@ def run_wrk(target: Target, seconds: float) -> float:
     ).stdout  # fmt: skip
     if "Non-2xx" in output or "Socket errors" in output:
         raise RuntimeError(f"{target.name}: wrk saw failed requests:\n{output}")
-    match = re.search(r"Requests/sec:\s*([\d.]+)", output)
-    if match is None:
+    rate = re.search(r"Requests/sec:\s*([\d.]+)", output)
+    done = re.search(r"(\d+) requests in", output)
+    if rate is None or done is None:
         raise RuntimeError(f"cannot read wrk's output:\n{output}")
-    return float(match.group(1))
+    return float(rate.group(1)), int(done.group(1))
 
 
 @contextmanager
