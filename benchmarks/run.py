@@ -27,9 +27,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from . import codec, perrequest, scale, throughput
+from tests.support import redis_cli_binary
 
-SECTIONS = ("codec", "requests", "untouched", "login", "scale", "throughput")
+from . import codec, harness, peer, perrequest, scale, throughput
+
+SECTIONS = ("codec", "requests", "untouched", "login", "scale", "throughput", "peer")
 HERE = Path(__file__).resolve().parent
 #: The recorded figures of the last full run, beside RESULTS.md.
 RESULTS = HERE / "results.json"
@@ -207,11 +209,11 @@ def run_requests(apps: perrequest.Apps, quick: bool) -> list[Row]:
             ("cachelib", "Flask-Session + cachelib FileSystemCache", 0.25 if goals else None),
             ("cookie", "Flask cookie session", 1.0 if goals and number == "2" else None),
         ]
-        for peer, title, goal in peers:
+        for other, title, goal in peers:
             ratio = samples.ratio(
-                "ours", peer, top_minus="ours context", bottom_minus=f"{peer} context"
+                "ours", other, top_minus="ours context", bottom_minus=f"{other} context"
             )
-            theirs = samples.overhead(peer, f"{peer} context")
+            theirs = samples.overhead(other, f"{other} context")
             reference = f"{title} {_us(theirs)}"
             row = Row(
                 number,
@@ -221,7 +223,7 @@ def run_requests(apps: perrequest.Apps, quick: bool) -> list[Row]:
                 ratio,
                 measure=measure,
                 unit="us",
-                values=_micro(ours=cost, **{peer: theirs}),
+                values=_micro(ours=cost, **{other: theirs}),
             )
             if goal is not None:
                 row.goal, row.met = _at_most(ratio, goal)
@@ -268,14 +270,14 @@ def run_login(workdir: Path, quick: bool) -> list[Row]:
         f" in 100 requests: {ops}"
     )
     rows = []
-    for peer, title in (
+    for other, title in (
         ("cachelib", "Flask-Session + cachelib FileSystemCache"),
         ("cookie", "Flask cookie session"),
     ):
-        ratio = samples.ratio("ours", peer, top_minus="memory", bottom_minus="memory")
-        theirs = samples.overhead(peer, "memory")
+        ratio = samples.ratio("ours", other, top_minus="memory", bottom_minus="memory")
+        theirs = samples.overhead(other, "memory")
         reference = f"{title} {_us(theirs)}"
-        values = _micro(ours=cost, **{peer: theirs})
+        values = _micro(ours=cost, **{other: theirs})
         rows.append(
             Row("7", label, ours, reference, ratio, measure="login", unit="us", values=values)
         )
@@ -369,6 +371,71 @@ def run_throughput(workdir: Path, quick: bool) -> list[Row]:
             row.goal, row.met = _at_least(ratio, 0.85)
         rows.append(row)
     return rows
+
+
+def _spread(samples: harness.Samples, top: str, bottom: str) -> str:
+    """The range of the per-round ratios *top* / *bottom*."""
+    ratios = [a / b for a, b in zip(samples.per_round[top], samples.per_round[bottom], strict=True)]
+    return f"per round {min(ratios):.2f}x-{max(ratios):.2f}x"
+
+
+def run_peer(workdir: Path, quick: bool) -> list[Row]:
+    if None in (throughput.wrk_binary(), redis_cli_binary()) or not throughput.redis_available():
+        log("7. skipped: needs wrk, redis-server and redis-cli")
+        return [
+            Row("7", "Redis against Flask-Session: skipped, wrk or Redis missing", "", "", None)
+        ]
+    rounds, seconds = (2, 2.0) if quick else (15, 2.0)
+    log("7. counter app on Redis: ours (locking) and Flask-Session; ours on a cluster")
+    results = peer.measure(workdir / "peer", rounds=rounds, seconds=seconds)
+    rates, cpu, trips = results.rates, results.cpu, results.trips
+    app = "a counter app (an int and a str in the session), gunicorn 2 workers, wrk on loopback"
+    theirs = f"Flask-Session {version('flask-session')}"
+    rows = []
+    for name, what in (
+        (peer.OURS, "ours with locking vs Flask-Session without, on one redis-server"),
+        (peer.OURS_CLUSTER, f"ours on a 3-master Redis Cluster vs {theirs} on one server"),
+        (peer.OURS_UNLOCKED, "ours without locking (as Flask-Session) vs Flask-Session"),
+    ):
+        ratio = rates.ratio(name, peer.THEIRS)
+        rows.append(
+            Row(
+                "7",
+                f"throughput of {app}: {what}; {_spread(rates, name, peer.THEIRS)}",
+                f"{rates.median(name):.0f} req/s",
+                f"{theirs} {rates.median(peer.THEIRS):.0f} req/s",
+                ratio,
+                *(_at_least(ratio, 1.0) if name == peer.OURS else ("", None)),
+            )
+        )
+        efficiency = cpu.ratio(peer.THEIRS, name)
+        rows.append(
+            Row(
+                "7",
+                f"the same runs, CPU per request (app processes and Redis), as a throughput"
+                f" ratio (theirs / ours); {_spread(cpu, peer.THEIRS, name)}",
+                f"{cpu.median(name) * 1e6:.0f} µs",
+                f"{theirs} {cpu.median(peer.THEIRS) * 1e6:.0f} µs",
+                efficiency,
+            )
+        )
+    for name in (peer.OURS, peer.OURS_CLUSTER, peer.OURS_UNLOCKED):
+        mine, others = trips[name], trips[peer.THEIRS]
+        rows.append(
+            Row(
+                "7",
+                f"Redis round trips per request, {name}; and commands Redis ran per request"
+                f" (in Lua scripts too): ours {_commands(mine)}; theirs {_commands(others)}",
+                f"{mine.sent:.2f} ({mine.ran:.1f} commands)",
+                f"{theirs} {others.sent:.2f} ({others.ran:.1f} commands)",
+                None,
+            )
+        )
+    return rows
+
+
+def _commands(trips: peer.Trips) -> str:
+    return ", ".join(f"{name} {n:.1f}" for name, n in trips.commands.items() if n >= 0.05)
 
 
 def machine(workdir: Path) -> str:
@@ -478,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             "login": lambda: run_login(workdir, args.quick),
             "scale": lambda: run_scale(workdir, args.quick, not args.no_million),
             "throughput": lambda: run_throughput(workdir, args.quick),
+            "peer": lambda: run_peer(workdir, args.quick),
         }
         for name in SECTIONS:
             if name in sections:

@@ -17,7 +17,7 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support import RedisServer, Server, gunicorn, redis_binary
@@ -33,6 +33,7 @@ class Target:
     name: str
     server: Server
     script: Path
+    cookies: list[str] = field(default_factory=list)
 
 
 def wrk_binary() -> str | None:
@@ -46,7 +47,7 @@ def redis_available() -> bool:
     return has_store and redis_binary() is not None
 
 
-def _start_sessions(url: str, count: int) -> list[str]:
+def start_sessions(url: str, count: int) -> list[str]:
     """Start *count* counters over HTTP; return the ``Cookie`` header of each."""
     cookies = []
     for _ in range(count):
@@ -57,7 +58,7 @@ def _start_sessions(url: str, count: int) -> list[str]:
     return cookies
 
 
-def _script(directory: Path, name: str, cookies: list[str]) -> Path:
+def wrk_script(directory: Path, name: str, cookies: list[str]) -> Path:
     """A wrk script sending ``GET /count`` with each cookie in turn."""
     quoted = ",\n".join(f"  [[{cookie}]]" for cookie in cookies)
     path = directory / f"{name}.lua"
@@ -72,8 +73,14 @@ def _script(directory: Path, name: str, cookies: list[str]) -> Path:
     return path
 
 
-def _run_wrk(target: Target, seconds: float) -> float:
+def run_wrk(target: Target, seconds: float) -> float:
     """Requests per second of one wrk run; every response must be a 2xx."""
+    return run_wrk_counted(target, seconds)[0]
+
+
+def run_wrk_counted(target: Target, seconds: float) -> tuple[float, int]:
+    """Requests per second of one wrk run, and how many requests it completed; every
+    response must be a 2xx."""
     output = subprocess.run(
         [
             "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
@@ -83,10 +90,11 @@ def _run_wrk(target: Target, seconds: float) -> float:
     ).stdout  # fmt: skip
     if "Non-2xx" in output or "Socket errors" in output:
         raise RuntimeError(f"{target.name}: wrk saw failed requests:\n{output}")
-    match = re.search(r"Requests/sec:\s*([\d.]+)", output)
-    if match is None:
+    rate = re.search(r"Requests/sec:\s*([\d.]+)", output)
+    done = re.search(r"(\d+) requests in", output)
+    if rate is None or done is None:
         raise RuntimeError(f"cannot read wrk's output:\n{output}")
-    return float(match.group(1))
+    return float(rate.group(1)), int(done.group(1))
 
 
 @contextmanager
@@ -115,8 +123,9 @@ def targets(workdir: Path, *, with_redis: bool) -> Iterator[list[Target]]:
             logs.mkdir(parents=True, exist_ok=True)
             server = gunicorn(logs, "benchmarks.apps:create_app()", {**base, **env}, workers=2)
             stack.callback(server.stop)
-            cookies = _start_sessions(server.url, SESSIONS)
-            found.append(Target(name, server, _script(workdir, env["BENCH_SESSION"], cookies)))
+            cookies = start_sessions(server.url, SESSIONS)
+            script = wrk_script(workdir, env["BENCH_SESSION"], cookies)
+            found.append(Target(name, server, script, cookies))
         yield found
 
 
@@ -125,10 +134,10 @@ def measure(workdir: Path, *, rounds: int, seconds: float, with_redis: bool) -> 
     samples = Samples()
     with targets(workdir, with_redis=with_redis) as found:
         for target in found:  # warm up: imports, first connections, Lua scripts in Redis
-            _run_wrk(target, 1)
+            run_wrk(target, 1)
             samples.per_round[target.name] = []
         for index in range(rounds):
             order = found[index % len(found) :] + found[: index % len(found)]
             for target in order:
-                samples.per_round[target.name].append(_run_wrk(target, seconds))
+                samples.per_round[target.name].append(run_wrk(target, seconds))
     return samples

@@ -252,14 +252,16 @@ def verify(as_json: bool) -> None:
 @json_option
 @_guarded
 def cleanup(as_json: bool) -> None:
-    """Remove expired sessions and quarantined blobs past their keep time."""
+    """Remove expired sessions and quarantined blobs past their keep time (on Redis, which
+    expires them itself: move sessions an earlier release stored under their ids)."""
     store = _interface().store
     report: Counter[str] = Counter()
     started = time.perf_counter()
     removed = store.cleanup(report)
     elapsed = time.perf_counter() - started
     where = store.describe()
-    lines = [f"removed {removed} expired entries from {type(store).__name__} in {elapsed:.2f} s"]
+    summary = store.cleanup_summary.format(count=removed)
+    lines = [f"{summary} from {type(store).__name__} in {elapsed:.2f} s"]
     lines += [f"  {kind}: {count}" for kind, count in sorted(report.items())]
     lines.append(f"  where: {where}")
     data = {"removed": removed, "by_kind": dict(report), "where": where, "seconds": elapsed}

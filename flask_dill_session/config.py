@@ -42,6 +42,7 @@ class Settings:
     encrypt: bool = False
     user_key: str | None = None  # the session key naming the user, for the user index
     rotation_grace: float | None = 10.0  # seconds an id replaced by regenerate stays readable
+    redis_wait: tuple[int, int] | None = None  # (replicas, ms) to WAIT for after a write
 
 
 DEFAULTS = Settings()
@@ -155,6 +156,18 @@ def _renames(key: str, value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _wait(key: str, value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    ok = isinstance(value, (tuple, list)) and len(value) == 2
+    if not ok or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value):
+        raise ConfigError(
+            f"{key} must be None or (replicas, milliseconds), two positive ints such as"
+            f" (1, 100), got {value!r}"
+        )
+    return (value[0], value[1])
+
+
 #: Config key -> (:class:`Settings` field, check). A key not in the config keeps the default.
 #: The extension passes ``SECRET_KEY`` as Flask reads it, ``app.secret_key`` (which a Flask
 #: subclass may define), and ``SECRET_KEY_FALLBACKS`` from the config, as Flask does.
@@ -179,6 +192,7 @@ KEYS: dict[str, tuple[str, Check]] = {
     "SESSION_DILL_ENCRYPT": ("encrypt", _flag),
     "SESSION_DILL_USER_KEY": ("user_key", _or_none(_text)),
     "SESSION_DILL_ROTATION_GRACE": ("rotation_grace", _or_none(_seconds)),
+    "SESSION_DILL_REDIS_WAIT": ("redis_wait", _wait),
 }
 
 

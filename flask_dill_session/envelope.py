@@ -69,9 +69,10 @@ class Opened(NamedTuple):
     address: bytes | None = None  # whose blob it is (v3); None for earlier formats
 
 
-def derive_key(secret: str | bytes) -> bytes:
-    """The MAC key for stored sessions, derived from an application secret."""
-    return hmac.new(_raw(secret), _SALT, hashlib.sha256).digest()
+def derive_key(secret: str | bytes, purpose: bytes = _SALT) -> bytes:
+    """A key derived from an application secret for *purpose*: by default the MAC key of
+    stored sessions; a store that names keys by a keyed hash passes its own purpose."""
+    return hmac.new(_raw(secret), purpose, hashlib.sha256).digest()
 
 
 def _raw(secret: str | bytes) -> bytes:

@@ -8,10 +8,20 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
+from redis.cluster import RedisCluster
 
 from flask_dill_session import Session
 
-from .support import MountError, RedisServer, Tmpfs, redis_binary
+from .support import (
+    MountError,
+    RedisClusterServers,
+    RedisSentinelServers,
+    RedisServer,
+    Tmpfs,
+    assert_no_ids,
+    redis_binary,
+    redis_cli_binary,
+)
 
 AppFactory = Callable[..., Flask]
 
@@ -46,13 +56,20 @@ def make_app(session_dir: Path) -> AppFactory:
     return make
 
 
+def require_redis(*binaries: tuple[str, str | None]) -> None:
+    """Skip unless every (name, path) is installed; fail instead when FDS_REQUIRE_REDIS=1."""
+    missing = [name for name, path in binaries if path is None]
+    if not missing:
+        return
+    if os.environ.get("FDS_REQUIRE_REDIS") == "1":
+        pytest.fail(f"FDS_REQUIRE_REDIS=1 but {', '.join(missing)} is not installed")
+    pytest.skip(f"{', '.join(missing)} is not installed (FDS_REQUIRE_REDIS=1 fails instead)")
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A real redis-server for this test run; required when FDS_REQUIRE_REDIS=1."""
-    if redis_binary() is None:
-        if os.environ.get("FDS_REQUIRE_REDIS") == "1":
-            pytest.fail("FDS_REQUIRE_REDIS=1 but redis-server is not installed")
-        pytest.skip("redis-server is not installed (set FDS_REQUIRE_REDIS=1 to fail instead)")
+    require_redis(("redis-server", redis_binary()))
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
@@ -60,11 +77,43 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """A client of the shared test server, on an emptied database."""
+    """A client of the shared test server, on an emptied database; no key may hold a
+    session id when the test ends."""
     result = redis.Redis(port=redis_server.port, socket_timeout=5, socket_connect_timeout=5)
     result.flushdb()
     yield result
+    assert_no_ids(result)
     result.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A real 3-master Redis Cluster for this test run; required when FDS_REQUIRE_REDIS=1."""
+    require_redis(("redis-server", redis_binary()), ("redis-cli", redis_cli_binary()))
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: RedisClusterServers) -> Iterator[RedisCluster]:
+    """A cluster client of the shared test cluster, every master emptied; no key may hold a
+    session id when the test ends."""
+    result = redis_cluster.client()
+    result.flushdb()
+    yield result
+    assert_no_ids(result)
+    result.close()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelServers]:
+    """A master, a replica and a sentinel for this test run; required when
+    FDS_REQUIRE_REDIS=1."""
+    require_redis(("redis-server", redis_binary()))
+    servers = RedisSentinelServers(tmp_path_factory.mktemp("sentinel"))
+    yield servers
+    servers.stop()
 
 
 @pytest.fixture

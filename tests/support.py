@@ -1,4 +1,5 @@
-"""Real processes for the tests: HTTP servers, a private redis-server, and small tmpfs mounts."""
+"""Real processes for the tests: HTTP servers, private redis-servers (alone, as a cluster, under
+a sentinel), and small tmpfs mounts."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,16 +20,21 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import redis
 from flask import Flask
+from redis.cluster import RedisCluster
+from redis.sentinel import Sentinel
 
 from flask_dill_session import DillSessionInterface
 from flask_dill_session.config import Settings
 from flask_dill_session.stores.base import Entry, Store
 from flask_dill_session.stores.filesystem import FileSystemStore
+from flask_dill_session.stores.redis import RedisStore
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -54,6 +61,13 @@ def filesystem_store(app: Flask) -> FileSystemStore:
     """The app's filesystem store."""
     result = interface(app).store
     assert isinstance(result, FileSystemStore)
+    return result
+
+
+def redis_store_of(app: Flask) -> RedisStore:
+    """The app's Redis store."""
+    result = interface(app).store
+    assert isinstance(result, RedisStore)
     return result
 
 
@@ -123,11 +137,22 @@ def count_store_calls(app: Flask) -> CountingStore:
     return counting
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(*, bus: bool = False) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now; with *bus*, port + 10000
+    (a Redis Cluster node's bus) is free too."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if not bus:
+                return port
+            if port + 10000 < 65536:
+                with socket.socket() as other:
+                    try:
+                        other.bind(("127.0.0.1", port + 10000))
+                    except OSError:
+                        continue
+                    return port
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -148,6 +173,7 @@ class Server:
 
     def __init__(self, argv: Sequence[str], port: int, env: Mapping[str, str], cwd: Path) -> None:
         self.port = port
+        self.env = dict(env)
         self.url = f"http://127.0.0.1:{port}"
         self.log = cwd / f"server-{port}.log"
         with open(self.log, "wb") as log:
@@ -294,24 +320,68 @@ def redis_binary() -> str | None:
     return shutil.which("redis-server")
 
 
-class RedisServer:
-    """A private ``redis-server`` on a free loopback port, no persistence."""
+def redis_cli_binary() -> str | None:
+    return shutil.which("redis-cli")
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll *condition* until it holds; raise :class:`TimeoutError` naming *what* if it
+    never does. A condition that raises counts as not holding yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except (OSError, redis.RedisError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.02)
+
+
+_ID_LIKE = re.compile(r"[A-Za-z0-9_-]{22,}")  # 16 random bytes or more, URL-safe base64
+
+
+def assert_no_ids(client: redis.Redis | RedisCluster) -> None:
+    """No key holds what could be a session id: outside the hash tag, no run of 22 or more
+    characters of the id alphabet (``SCAN`` of every primary)."""
+    for raw in client.scan_iter(count=1000):
+        name = raw.decode() if isinstance(raw, bytes) else str(raw)
+        untagged = re.sub(r"\{[^}]*\}", "{}", name, count=1)
+        assert not _ID_LIKE.search(untagged), f"a Redis key holds a session id: {name}"
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port, no persistence; *args* are more
+    command-line options (a config file first, if any)."""
+
+    def __init__(self, workdir: Path, port: int | None = None, args: Sequence[str] = ()) -> None:
         binary = redis_binary()
         if binary is None:
             raise RuntimeError("redis-server is not installed")
         self.port = port or free_port()
         self.workdir = workdir
+        self.args = list(args)
         workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
+        config = self.args[:1] if self.args and not self.args[0].startswith("-") else []
+        self.log = workdir / f"redis-{self.port}.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [binary, *config, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(workdir), *self.args[len(config) :]],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
         wait_for_port(self.port, self.proc)
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A client of this server alone (also of a cluster node: no redirections)."""
+        return redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=5, **kwargs)
+
+    def info(self, section: str) -> dict[str, Any]:
+        with self.client() as client:
+            return dict(client.info(section))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -330,7 +400,159 @@ class RedisServer:
 
     def restart(self) -> None:
         self.stop()
-        self.__init__(self.workdir, self.port)  # type: ignore[misc]
+        self.__init__(self.workdir, self.port, self.args)  # type: ignore[misc]
+
+
+class RedisClusterServers:
+    """A Redis Cluster of *masters* ``redis-server --cluster-enabled yes`` on free loopback
+    ports (no replicas), joined by ``redis-cli --cluster create``; :meth:`stop` ends it."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        cli = redis_cli_binary()
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed")
+        self.nodes: list[RedisServer] = []
+        try:
+            for index in range(masters):
+                args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                        "--cluster-node-timeout", "2000"]  # fmt: skip
+                port = free_port(bus=True)  # the cluster bus listens on port + 10000
+                self.nodes.append(RedisServer(workdir / f"node-{index}", port, args))
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            subprocess.run(
+                [cli, "--cluster", "create", *addresses,
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ok(self) -> None:
+        """Until every node sees every node, every slot covered, and the cluster state ok."""
+
+        def ok(node: RedisServer) -> bool:
+            with node.client() as client:
+                info = client.cluster("info")
+            return (
+                info.get("cluster_state") == "ok"
+                and int(info.get("cluster_slots_ok", 0)) == 16384
+                and int(info.get("cluster_known_nodes", 0)) == len(self.nodes)
+            )
+
+        for node in self.nodes:
+            wait_for(partial(ok, node), f"cluster node {node.port} seeing the cluster ok")
+
+    def client(self, **kwargs: Any) -> RedisCluster:
+        return RedisCluster(
+            host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5,
+            socket_connect_timeout=5, **kwargs,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+SERVICE = "fds"  # the Sentinel service name of the tests
+_FAST_SYNC = ["--repl-diskless-sync-delay", "0"]  # a full sync starts at once
+
+
+class RedisSentinelServers:
+    """One master, one replica and one ``redis-server --sentinel`` watching them as service
+    :data:`SERVICE`, on free loopback ports; :meth:`stop` ends them."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.servers: list[RedisServer] = []
+        self.sentinel: RedisServer | None = None
+        try:
+            master = RedisServer(workdir / "a", args=_FAST_SYNC)
+            self.servers.append(master)
+            replicaof = ["--replicaof", "127.0.0.1", str(master.port)]
+            self.servers.append(RedisServer(workdir / "b", args=[*replicaof, *_FAST_SYNC]))
+            self.wait_synced(self.servers[1], master)
+            port = free_port()
+            config = workdir / "sentinel.conf"
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {master.port} 1\n"
+                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+                f"sentinel failover-timeout {SERVICE} 5000\n"
+            )
+            self.sentinel = RedisServer(workdir / "sentinel", port, [str(config), "--sentinel"])
+            wait_for(self._replica_known, "the sentinel discovering the replica")
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def sentinel_port(self) -> int:
+        assert self.sentinel is not None
+        return self.sentinel.port
+
+    def sentinel_client(self) -> redis.Redis:
+        assert self.sentinel is not None
+        return self.sentinel.client(decode_responses=True)
+
+    def sentinels(self, **kwargs: Any) -> Sentinel:
+        """A ``redis.sentinel.Sentinel`` of the sentinel, for ``master_for``."""
+        assert self.sentinel is not None
+        sentinels = [("127.0.0.1", self.sentinel.port)]
+        return Sentinel(sentinels, socket_timeout=5, **kwargs)  # type: ignore[no-untyped-call]
+
+    def _replica_known(self) -> bool:
+        with self.sentinel_client() as client:
+            replicas = client.sentinel_slaves(SERVICE)
+        return any(
+            "s_down" not in each["flags"] and each.get("master-link-status") == "ok"
+            for each in replicas
+        )
+
+    def master(self) -> RedisServer:
+        """The server the sentinel names master now, as clients ask (``SENTINEL MASTERS``;
+        ``get-master-addr-by-name`` names the promoted replica a little sooner)."""
+        with self.sentinel_client() as client:
+            port = client.sentinel_master(SERVICE)["port"]
+        return next(server for server in self.servers if server.port == int(port))
+
+    def replica(self) -> RedisServer:
+        master = self.master()
+        return next(server for server in self.servers if server is not master)
+
+    @staticmethod
+    def wait_synced(replica: RedisServer, master: RedisServer, timeout: float = 60.0) -> None:
+        """Until *replica* replicates *master* with its link up."""
+
+        def synced() -> bool:
+            info = replica.info("replication")
+            return (
+                info.get("role") == "slave"
+                and int(info.get("master_port", 0)) == master.port
+                and info.get("master_link_status") == "up"
+            )
+
+        wait_for(synced, f"{replica.port} replicating {master.port}", timeout)
+
+    def start_failover(self) -> tuple[RedisServer, RedisServer]:
+        """``SENTINEL FAILOVER``, once the sentinel knows the replica is fit: returns (old
+        master, the replica it promotes)."""
+        wait_for(self._replica_known, "the sentinel knowing the replica")
+        old, new = self.master(), self.replica()
+        with self.sentinel_client() as client:
+            client.sentinel_failover(SERVICE)
+        return old, new
+
+    def wait_failover(self, old: RedisServer, new: RedisServer, timeout: float = 90.0) -> None:
+        """Until the sentinel names *new* master, it says so itself, and *old* replicates it."""
+        wait_for(lambda: self.master() is new, "the sentinel naming the new master", timeout)
+        wait_for(lambda: new.info("replication").get("role") == "master", "the promotion", timeout)
+        self.wait_synced(old, new, timeout)
+        wait_for(self._replica_known, "the sentinel seeing the old master as replica", timeout)
+
+    def stop(self) -> None:
+        for server in [*self.servers, *([self.sentinel] if self.sentinel else [])]:
+            server.stop()
 
 
 class MountError(RuntimeError):

@@ -1,4 +1,5 @@
-"""One behaviour suite, run over every backend: filesystem, Redis, and two cachelib caches.
+"""One behaviour suite, run over every backend: filesystem, Redis (one server, and a
+3-master cluster), and two cachelib caches.
 
 Time is moved by hand: the interface's clock and the store's clock (the filesystem store's
 ``clock``; cachelib's module clocks). Redis keeps its own clock, which a test cannot move;
@@ -12,7 +13,7 @@ import logging
 import pickle
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -29,19 +30,20 @@ from flask_dill_session import ConfigError, DillSessionInterface
 from flask_dill_session.config import Settings
 from flask_dill_session.envelope import Envelope
 from flask_dill_session.session import DillSession
-from flask_dill_session.stores.base import Entry, Store
+from flask_dill_session.stores.base import Entry, Store, quarantine_name
 from flask_dill_session.stores.filesystem import FileSystemStore, last_record
+from flask_dill_session.stores.redis import RedisStore
 
 from .apps.roundtrip_app import KINDS, matches, values
-from .support import Clock, CountingEntry, RedisServer, interface
+from .support import Clock, CountingEntry, interface
 
 AppFactory = Callable[..., Flask]
 
 LIFETIME = 1000.0  # idle lifetime (PERMANENT_SESSION_LIFETIME), seconds
 COOKIE = "session"
 PREFIX = "session:"
-BACKENDS = ["filesystem", "redis", "cachelib-file", "cachelib-simple"]
-LOCKING_BACKENDS = ["filesystem", "redis"]  # cachelib has no locks (documented)
+BACKENDS = ["filesystem", "redis", "redis-cluster", "cachelib-file", "cachelib-simple"]
+LOCKING_BACKENDS = ["filesystem", "redis", "redis-cluster"]  # cachelib has no locks
 
 
 @dataclass
@@ -51,11 +53,12 @@ class Backend:
     name: str
     config: dict[str, Any]
     clock: Clock
-    redis: Any = None  # redis.Redis for the Redis backend
+    redis: Any = None  # the client (redis.Redis or RedisCluster) of the Redis backends
     cache: Any = None  # the cachelib cache
     locking: bool = True
     quarantine_dir: Path | None = None
     apps: list[Flask] = field(default_factory=list)
+    names: Any = None  # the Redis store, which names the keys
 
     def install(self, app: Flask) -> None:
         interface = app.session_interface
@@ -63,6 +66,8 @@ class Backend:
         interface.clock = self.clock
         if isinstance(interface.store, FileSystemStore):
             interface.store.clock = self.clock
+        if isinstance(interface.store, RedisStore):
+            self.names = interface.store  # every app here names keys with the same secret
         self.apps.append(app)
 
     def advance(self, seconds: float) -> None:
@@ -74,7 +79,7 @@ class Backend:
     def plant(self, app: Flask, key: str, blob: bytes) -> None:
         """Write *blob* straight into the medium under *key*, as an intruder could."""
         if self.redis is not None:
-            self.redis.set(key, blob, px=int(LIFETIME * 1000))
+            self.redis.set(self.names.session_key(key), blob, px=int(LIFETIME * 1000))
         elif self.cache is not None:
             self.cache.set(key, blob, timeout=int(LIFETIME))
         else:
@@ -87,7 +92,7 @@ class Backend:
     def stored(self, app: Flask, key: str) -> bytes | None:
         """The bytes the medium holds under *key*, read without our store."""
         if self.redis is not None:
-            value = self.redis.get(key)
+            value = self.redis.get(self.names.session_key(key))
         elif self.cache is not None:
             value = self.cache.get(key)
         else:
@@ -105,12 +110,9 @@ class Backend:
                 for path in self.quarantine_dir.glob("*")
                 if path.is_file()
             )
-        from flask_dill_session.stores.base import quarantine_name
-
-        target = f"quarantine:{PREFIX}" + quarantine_name(key, blob)
         if self.redis is not None:
-            return bool(self.redis.get(target) == blob)
-        return bool(self.cache.get(target) == blob)
+            return bool(self.redis.get(self.names.quarantine_key(key, blob)) == blob)
+        return bool(self.cache.get(f"quarantine:{PREFIX}" + quarantine_name(key, blob)) == blob)
 
 
 def shrink_ttls(client: Any, seconds: float) -> None:
@@ -129,16 +131,6 @@ def store_of(app: Flask) -> Store:
     interface = app.session_interface
     assert isinstance(interface, DillSessionInterface)
     return interface.store
-
-
-@pytest.fixture
-def redis_client(redis_server: RedisServer) -> Iterator[Any]:
-    import redis
-
-    client = redis.Redis(port=redis_server.port, socket_timeout=5, socket_connect_timeout=5)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -176,8 +168,8 @@ def make_backend(
             clock,
             quarantine_dir=session_dir / "quarantine",
         )
-    if name == "redis":
-        client = request.getfixturevalue("redis_client")
+    if name.startswith("redis"):
+        client = request.getfixturevalue("cluster_client" if name == "redis-cluster" else "client")
         return Backend(
             name, {"SESSION_DILL_BACKEND": "redis", "SESSION_REDIS": client}, clock, client
         )

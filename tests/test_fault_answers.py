@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from flask_dill_session.stores.base import fingerprint
 from flask_dill_session.stores.filesystem import frame, last_record
 
-from .support import RedisServer, Tmpfs, filesystem_store, interface
+from .support import RedisServer, Tmpfs, filesystem_store, interface, redis_store_of
 
 AppFactory = Callable[..., Flask]
 NO_SPACE = "No space left on device"
@@ -278,9 +278,11 @@ def test_on_redis_too_a_poisoned_session_is_quarantined_and_leaves_no_keys(
     )
     browser = app.test_client()
     assert browser.get("/set/bad").status_code == 200
-    key = interface(app).store_key(cookie(browser))
+    sid = cookie(browser)
+    name = redis_store_of(app).session_key(interface(app).store_key(sid))
     assert [browser.get("/use").status_code for _ in range(2)] == [500, 500]
-    assert client.exists(key) == 0 and client.keys(f"*{key}*") == []
+    assert client.exists(name) == 0 and client.keys(f"*{sid}*") == []
+    assert client.keys(f"*{name[len(prefix) :]}*") == client.keys(f"quarantine:{prefix}*")
     assert len(client.keys(f"quarantine:{prefix}*")) == 1
     assert browser.get("/use").text == "fine"
 

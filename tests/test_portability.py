@@ -91,8 +91,10 @@ else:
     import redis
 
     client = redis.Redis(port=int(sys.argv[2]), socket_timeout=5, socket_connect_timeout=5)
-    result = serve(make_app(SESSION_DILL_BACKEND="redis", SESSION_REDIS=client))
-    result["stored"] = bool(client.exists("session:" + result["cart"]["sid"]))
+    app = make_app(SESSION_DILL_BACKEND="redis", SESSION_REDIS=client)
+    result = serve(app)
+    name = app.session_interface.store.session_key("session:" + result["cart"]["sid"])
+    result["stored"] = bool(client.exists(name))
     client.close()
 result["filesystem"] = refusal(SESSION_DILL_BACKEND="filesystem")
 result["default"] = refusal()

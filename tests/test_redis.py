@@ -20,14 +20,25 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask, session
+from redis.cluster import RedisCluster
 
 from flask_dill_session import ConfigError, DillSessionInterface
 from flask_dill_session.exc import StoreUnavailableError
+from flask_dill_session.stores._keys import KeyNames
 from flask_dill_session.stores.base import fingerprint
 from flask_dill_session.stores.redis import RedisStore
 
 from .apps.redis_app import redis_client
-from .support import ROOT, RedisServer, Server, free_port, gunicorn
+from .support import (
+    ROOT,
+    RedisClusterServers,
+    RedisServer,
+    Server,
+    free_port,
+    gunicorn,
+    redis_store_of,
+)
+from .support import interface as app_interface
 
 AppFactory = Callable[..., Flask]
 
@@ -35,6 +46,7 @@ pytestmark = pytest.mark.redis
 
 SECRET = "redis-test-secret"
 KEY = "session:4mQ7nR2xT9vB1cK8pL5sD3fG6hJ0aZyXwVuEtSrQoNm"
+NAME = KeyNames(SECRET).session(KEY)  # KEY's Redis key
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
@@ -54,8 +66,10 @@ def private_redis(redis_server: RedisServer, tmp_path: Path) -> Iterator[RedisSe
     server.stop()  # thawed first, in case the test froze it
 
 
-def counter_app(make_app: AppFactory, client: redis.Redis, **config: Any) -> Flask:
-    app = make_app(SECRET_KEY=SECRET, SESSION_DILL_BACKEND="redis", SESSION_REDIS=client, **config)
+def counter_app(make_app: AppFactory, client: redis.Redis | RedisCluster, **config: Any) -> Flask:
+    """The counter app on *client*; *config* overrides (``SECRET_KEY`` too)."""
+    settings = {"SECRET_KEY": SECRET, "SESSION_DILL_BACKEND": "redis", "SESSION_REDIS": client}
+    app = make_app(**(settings | config))
 
     @app.route("/count")
     def count() -> str:
@@ -71,13 +85,6 @@ def counter_app(make_app: AppFactory, client: redis.Redis, **config: Any) -> Fla
         return "ok"
 
     return app
-
-
-def store_of(app: Flask) -> RedisStore:
-    interface = app.session_interface
-    assert isinstance(interface, DillSessionInterface)
-    assert isinstance(interface.store, RedisStore)
-    return interface.store
 
 
 # -- round trips ---------------------------------------------------------------------------
@@ -105,6 +112,9 @@ def test_round_trips_per_request(
     browser = app.test_client()
     for path in ("/count", "/count", "/get", "/noop"):  # connect, load the scripts
         assert browser.get(path).status_code == 200
+    stranger = app.test_client()
+    stranger.set_cookie("session", app_interface(app).generate_sid())
+    assert stranger.get("/count").status_code == 200  # an unknown id: load that script too
 
     def cost(path: str, cookie: str | None = None) -> tuple[int, dict[str, int]]:
         """Round trips of one request, and the Redis commands it ran (scripts included)."""
@@ -132,7 +142,8 @@ def test_round_trips_per_request(
     interface = app.session_interface
     assert isinstance(interface, DillSessionInterface)
     unknown = interface.generate_sid()
-    assert cost("/count", unknown)[0] == 2  # an unknown id: one read, then a new session
+    # An unknown id: one read, one look under its former key, then a new session.
+    assert cost("/count", unknown)[0] == 3
     assert client.keys("lock:*") == []
 
 
@@ -142,7 +153,7 @@ def test_round_trips_per_request(
 def test_a_holder_whose_lease_ran_out_does_not_overwrite_the_next_holder(
     client: redis.Redis,
 ) -> None:
-    store = RedisStore(client, lock_timeout=5, lock_lease=0.2)
+    store = RedisStore(client, secret=SECRET, lock_timeout=5, lock_lease=0.2)
     assert store.new(KEY).write(b"v0", 60)
     slow = store.open(KEY, lock=True)
     lock_key = store.lock_key(KEY)
@@ -150,25 +161,25 @@ def test_a_holder_whose_lease_ran_out_does_not_overwrite_the_next_holder(
     next_holder = store.open(KEY, lock=True)
     assert next_holder.blob == b"v0"
     with pytest.raises(
-        StoreUnavailableError, match=r"not saved: its lock lease \(0\.2 s\)"
+        StoreUnavailableError, match=r"not saved: its lock was no longer held \(its lease of 0\.2 s"
     ) as lost:
         slow.write(b"from the holder that lost its lock", 60)
     assert fingerprint(KEY) in str(lost.value)
-    assert (lost.value.cause, lost.value.where) == ("lock lease ran out", store.address)
+    assert (lost.value.cause, lost.value.where) == ("lock lost", store.address)
     slow.release()  # must not release the next holder's lock
-    assert client.get(KEY) == b"v0"
+    assert client.get(NAME) == b"v0"
     assert client.exists(lock_key)
     assert next_holder.write(b"from the next holder", 60)
     with pytest.raises(StoreUnavailableError, match="lease"):
         slow.write(b"late again", 60)
-    assert client.get(KEY) == b"from the next holder"
+    assert client.get(NAME) == b"from the next holder"
     assert not client.exists(lock_key)  # the write released it in the same round trip
 
 
 def test_the_lock_has_the_lease_as_its_ttl_and_a_missing_session_takes_no_lock(
     client: redis.Redis,
 ) -> None:
-    store = RedisStore(client, lock_timeout=5, lock_lease=30)
+    store = RedisStore(client, secret=SECRET, lock_timeout=5, lock_lease=30)
     missing = store.open(KEY, lock=True)
     assert missing.blob is None
     assert client.keys("*") == []
@@ -197,7 +208,7 @@ def test_a_lock_held_by_a_killed_process_frees_itself_after_the_lease(
 
         holder = threading.Thread(target=hold, daemon=True)
         holder.start()
-        lock_key = "lock:session:" + str(sid)
+        lock_key = KeyNames(SECRET).of(f"session:{sid}").lock
         wait_until(lambda: bool(client.exists(lock_key)), "the /hold request taking the lock")
     finally:
         server.stop(signal.SIGKILL)
@@ -318,7 +329,7 @@ def test_a_short_ttl_runs_out_in_redis_itself(client: redis.Redis, make_app: App
     assert browser.get("/count").text == "1"
     cookie = browser.get_cookie("session")
     assert cookie is not None
-    key = "session:" + cookie.value
+    key = redis_store_of(app).session_key("session:" + cookie.value)
     assert 0 < client.pttl(key) <= 300
     wait_until(lambda: not client.exists(key), "Redis expiring the session")
     assert browser.get("/count").text == "1"
@@ -333,9 +344,10 @@ def test_quarantine_keeps_the_blob_under_its_fingerprint_with_its_own_ttl(
     cookie = browser.get_cookie("session")
     assert cookie is not None
     key = "session:" + cookie.value
-    client.set(key, b"garbage", px=60_000)
+    name = redis_store_of(app).session_key(key)
+    client.set(name, b"garbage", px=60_000)
     assert browser.get("/count").text == "1"  # a fresh session
-    kept = client.keys(f"quarantine:session:{fingerprint(key)}:*")
+    kept = client.keys(f"quarantine:{name}:{fingerprint(key)}:*")
     assert len(kept) == 1
     assert client.get(kept[0]) == b"garbage"
     assert 3_500_000 < client.pttl(kept[0]) <= 3_600_000
@@ -347,10 +359,39 @@ def test_quarantine_keeps_the_blob_under_its_fingerprint_with_its_own_ttl(
 def test_redis_backend_needs_a_redis_client(make_app: AppFactory) -> None:
     with pytest.raises(ConfigError, match="SESSION_REDIS"):
         make_app(SESSION_DILL_BACKEND="redis")
-    with pytest.raises(ConfigError, match=r"SESSION_REDIS must be a redis\.Redis client"):
+    with pytest.raises(ConfigError, match=r"SESSION_REDIS: a redis-py client .* lacks"):
         make_app(SESSION_DILL_BACKEND="redis", SESSION_REDIS="redis://127.0.0.1:6379")
     with pytest.raises(ConfigError, match="decode_responses=False"):
         make_app(SESSION_DILL_BACKEND="redis", SESSION_REDIS=redis.Redis(decode_responses=True))
+
+
+class NotAClient:
+    """Has some of a client's methods, not all: accepted or refused by what it can do."""
+
+    def get(self, name: str) -> None:
+        return None
+
+    def set(self, name: str, value: bytes) -> None:
+        return None
+
+
+def test_a_client_is_checked_by_what_it_can_do(redis_cluster: RedisClusterServers) -> None:
+    with pytest.raises(ConfigError, match=r"got NotAClient, which lacks register_script, "):
+        RedisStore(NotAClient(), secret=SECRET)  # type: ignore[arg-type]
+    decoding = redis_cluster.client(decode_responses=True)
+    with decoding, pytest.raises(ConfigError, match="decode_responses=False"):
+        RedisStore(decoding, secret=SECRET)
+    with redis_cluster.client() as cluster:
+        assert RedisStore(cluster, secret=SECRET).address.startswith("cluster 127.0.0.1:")
+
+
+def test_wait_must_end_before_the_socket_timeout(
+    redis_server: RedisServer, make_app: AppFactory
+) -> None:
+    client = redis.Redis(port=redis_server.port, socket_timeout=0.5)
+    with pytest.raises(ConfigError, match=r"SESSION_DILL_REDIS_WAIT waits up to 500 ms, not less"):
+        counter_app(make_app, client, SESSION_DILL_REDIS_WAIT=(1, 500))
+    counter_app(make_app, client, SESSION_DILL_REDIS_WAIT=(1, 499))
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -334,15 +334,15 @@ def refused(backend: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> threadi
     else:
         from flask_dill_session.stores.redis import _SessionLock
 
-        acquire = _SessionLock.do_acquire
+        attempt = _SessionLock._try
 
-        def watched(self: _SessionLock, token: str) -> bool:
-            taken = acquire(self, token)
+        def watched(self: _SessionLock, token: bytes) -> bool:
+            taken = attempt(self, token)
             if not taken:
                 event.set()
             return taken
 
-        monkeypatch.setattr(_SessionLock, "do_acquire", watched)
+        monkeypatch.setattr(_SessionLock, "_try", watched)
     return event
 
 

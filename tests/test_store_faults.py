@@ -28,19 +28,29 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 from flask_dill_session.exc import StoreUnavailableError
+from flask_dill_session.stores._keys import KeyNames
 from flask_dill_session.stores.base import Entry, fingerprint
 from flask_dill_session.stores.cachelib import CacheLibStore
 from flask_dill_session.stores.filesystem import FileSystemStore, frame, last_record
-from flask_dill_session.stores.redis import RedisStore
+from flask_dill_session.stores.redis import CLIENT_ERRORS, RedisStore
 
 from .apps.redis_app import redis_client
-from .support import RedisServer, Tmpfs, filesystem_store, free_port, interface
+from .support import (
+    RedisServer,
+    Tmpfs,
+    filesystem_store,
+    free_port,
+    interface,
+    redis_store_of,
+)
 from .test_redis import counter_app
 
 AppFactory = Callable[..., Flask]
 
 KEY = "session:4mQ7nR2xT9vB1cK8pL5sD3fG6hJ0aZyXwVuEtSrQoNm"
 OTHER = "session:Zq8wE3rT6yU1iO4pA7sD0fG2hJ5kL9xCvBnM-_aQwEr"
+SECRET = "fault-test-secret"  # of the Redis stores made here
+NAME, OTHER_NAME = (KeyNames(SECRET).session(key) for key in (KEY, OTHER))
 NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
 READ_ONLY = os.strerror(errno.EROFS)  # "Read-only file system"
 PAGE = 4096
@@ -465,7 +475,8 @@ def test_a_holder_whose_lease_ran_out_gets_503_and_the_next_write_stands(
     assert browser.get("/count").text == "1"
     sid = sid_of(browser)
     gate.start(app, sid, step=100)
-    wait_until(lambda: not client.exists(f"lock:session:{sid}"), "the end of the lease")
+    lock_key = redis_store_of(app).lock_key(f"session:{sid}")
+    wait_until(lambda: not client.exists(lock_key), "the end of the lease")
     assert browser.get("/count").text == "2"  # took the lock the holder lost, and wrote
     response = gate.go()
     assert response.status_code == 503
@@ -476,7 +487,7 @@ def test_a_holder_whose_lease_ran_out_gets_503_and_the_next_write_stands(
 
 @pytest.mark.redis
 def test_a_clock_offset_is_learned_and_a_late_write_writes_nothing(client: redis.Redis) -> None:
-    store = RedisStore(client, lock_timeout=5)
+    store = RedisStore(client, secret=SECRET, lock_timeout=5)
     lock_key = store.lock_key(KEY)
     assert store.new(KEY).write(b"v0", 60)
     store.server_clock.offset = -3600.0  # believed an hour behind: every deadline is past
@@ -488,24 +499,24 @@ def test_a_clock_offset_is_learned_and_a_late_write_writes_nothing(client: redis
     with pytest.raises(StoreUnavailableError, match="after the socket timeout") as caught:
         entry.write(b"v1", 60)  # a write is not retried: it released the lock already
     assert caught.value.where == store.address
-    assert client.get(KEY) == b"v0"
+    assert client.get(NAME) == b"v0"
     assert not client.exists(lock_key)
     again = store.open(KEY, lock=True)
     assert again.write(b"v2", 60)
-    assert client.get(KEY) == b"v2"
+    assert client.get(NAME) == b"v2"
 
 
 @pytest.mark.redis
 def test_a_client_without_socket_timeout_sends_no_deadline(redis_server: RedisServer) -> None:
     client = redis.Redis(port=redis_server.port, socket_timeout=None)
-    store = RedisStore(client, lock_timeout=5)
+    store = RedisStore(client, secret=SECRET, lock_timeout=5)
     store.server_clock.offset = -3600.0  # would be late, if there were a deadline
     assert store.server_clock.deadline(time.time()) == 0
     assert store.new(OTHER).write(b"v0", 60)
     entry = store.open(OTHER, lock=True)
     assert entry.write(b"v1", 60)
-    assert client.get(OTHER) == b"v1"
-    client.delete(OTHER)
+    assert client.get(OTHER_NAME) == b"v1"
+    client.delete(OTHER_NAME)
 
 
 @pytest.mark.redis
@@ -514,12 +525,32 @@ def test_a_redis_cluster_exception_is_a_store_error(
 ) -> None:
     """``RedisClusterException`` is no ``RedisError``: a cluster client pointed at a server
     that is not a cluster raises it."""
-    store = RedisStore(client)
+    store = RedisStore(client, secret=SECRET)
     assert not issubclass(RedisClusterException, redis.RedisError)
     with pytest.raises(StoreUnavailableError) as caught, store.errors("connecting"):
         RedisCluster(host="127.0.0.1", port=redis_server.port)
     assert isinstance(caught.value.__cause__, RedisClusterException)
     assert_names(caught.value, "RedisClusterException: ", store.address.split("/")[0])
+
+
+def test_every_exception_class_of_the_client_is_a_store_error() -> None:
+    """Those of redis.exceptions (``MovedError``, ``TryAgainError``, ``ClusterDownError``,
+    ``RedisClusterException``, timeouts...) and of its other modules (Sentinel's
+    ``MasterNotFoundError``...), whatever their base class."""
+    import redis.cluster
+    import redis.sentinel
+
+    modules = (redis.exceptions, redis.cluster, redis.sentinel, redis.client, redis.connection)
+    found = {
+        cls
+        for module in modules
+        for cls in vars(module).values()
+        if isinstance(cls, type)
+        and issubclass(cls, Exception)
+        and cls.__module__.startswith("redis")
+    }
+    assert {redis.exceptions.MovedError, redis.exceptions.TryAgainError} <= found
+    assert [cls.__name__ for cls in found if not issubclass(cls, CLIENT_ERRORS)] == []
 
 
 @pytest.mark.redis
@@ -528,7 +559,7 @@ def test_every_operation_on_a_stopped_redis_is_a_store_error(
     frozen_redis: RedisServer, operation: str
 ) -> None:
     client = redis_client(f"redis://127.0.0.1:{frozen_redis.port}/0", timeout=0.5)
-    store = RedisStore(client, lock_timeout=1)
+    store = RedisStore(client, secret=SECRET, lock_timeout=1)
     assert store.new(KEY).write(b"v0", 60)
     entry = store.open(KEY, lock=False)
     frozen_redis.stop()

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from flask_dill_session.exc import StoreUnavailableError
+from flask_dill_session.stores._keys import KeyNames
 from flask_dill_session.stores.base import Entry, Store
 from flask_dill_session.stores.cachelib import CacheLibStore
 from flask_dill_session.stores.filesystem import (
@@ -33,6 +34,8 @@ from flask_dill_session.stores.redis import RedisStore
 from .support import Clock, RedisServer, Tmpfs
 
 KEY = "session:4mQ7nR2xT9vB1cK8pL5sD3fG6hJ0aZyXwVuEtSrQoNm"
+SECRET = "strikes-test-secret"  # of the Redis stores made here
+NAME = KeyNames(SECRET).session(KEY)  # KEY's Redis key
 BLOB = bytes(range(256)) * 3  # every byte value: compared byte for byte
 GRACE = 60.0  # the filesystem store's cleanup grace
 
@@ -80,13 +83,13 @@ class RedisBackend(Backend):
         self.client = client
 
     def remaining(self) -> float:
-        return int(self.client.pttl(KEY)) / 1000
+        return int(self.client.pttl(NAME)) / 1000
 
     def remains(self) -> bool:
-        return bool(self.client.exists(KEY, self.store.strikes_key(KEY)))
+        return bool(self.client.exists(NAME, self.store.strikes_key(KEY)))
 
     def remove(self) -> None:
-        self.client.delete(KEY)
+        self.client.delete(NAME)
 
 
 @pytest.fixture
@@ -101,7 +104,7 @@ def fs_store(tmp_path: Path, clock: Clock) -> FileSystemStore:
 
 @pytest.fixture
 def redis_store(client: redis.Redis) -> RedisStore:
-    return RedisStore(client, lock_timeout=2)
+    return RedisStore(client, secret=SECRET, lock_timeout=2)
 
 
 @pytest.fixture(params=["filesystem", pytest.param("redis", marks=pytest.mark.redis)])
@@ -270,7 +273,7 @@ def counted(redis_server: RedisServer, client: redis.Redis) -> Iterator[RedisSto
     pool = redis.ConnectionPool(
         connection_class=CountingConnection, port=redis_server.port, socket_timeout=5
     )
-    store = RedisStore(redis.Redis(connection_pool=pool), lock_timeout=2)
+    store = RedisStore(redis.Redis(connection_pool=pool), secret=SECRET, lock_timeout=2)
     for lock in (True, False):
         put(store, lock=lock)
         strike(store, lock=lock)
@@ -348,7 +351,7 @@ def test_a_strike_is_one_script_that_releases_the_lock(
     strikes_key = counted.strikes_key(KEY)
     assert client.get(strikes_key) == b"1"
     assert 400_000 < client.pttl(strikes_key) <= 500_000
-    assert 400_000 < client.pttl(KEY) <= 500_000
+    assert 400_000 < client.pttl(NAME) <= 500_000
 
 
 @pytest.mark.redis
@@ -368,13 +371,13 @@ def test_delete_and_quarantine_remove_the_strikes(
     entry.release()
     assert client.keys("strikes:*") == []
     assert client.keys("lock:*") == []
-    assert not client.exists(KEY)
+    assert not client.exists(NAME)
     assert len(client.keys("quarantine:*")) == (end == "quarantine")
 
 
 @pytest.mark.redis
 def test_a_strike_after_the_lease_ran_out_records_nothing(client: redis.Redis) -> None:
-    store = RedisStore(client, lock_timeout=5, lock_lease=0.2)
+    store = RedisStore(client, secret=SECRET, lock_timeout=5, lock_lease=0.2)
     put(store)
     slow = store.open(KEY, lock=True)
     deadline = time.monotonic() + 10

@@ -19,7 +19,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # KEYS: session, lock, strikes. ARGV: token, lease (ms), deadline (ms in the server's clock;
 # 0: none). The lock may already hold this token: a copy of this call the client sent before.
-# A strike count that is not a number (or not a string) reads as 0.
+# A session key of another type reads as absent (GET fails on it); a strike count that is
+# not a number (or not a string) reads as 0.
 OPEN = (
     NOW
     + """
@@ -30,14 +31,15 @@ local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then
     return {0, now}
 end
-if redis.call('TYPE', KEYS[1]).ok ~= 'string' then
+local blob = redis.pcall('GET', KEYS[1])
+if type(blob) ~= 'string' then
     if holder then
         redis.call('DEL', KEYS[2])
     end
     return {2, now}
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return {1, now, redis.call('GET', KEYS[1]), tonumber(redis.pcall('GET', KEYS[3])) or 0}
+return {1, now, blob, tonumber(redis.pcall('GET', KEYS[3])) or 0}
 """
 )
 
@@ -119,4 +121,26 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
     redis.call('DEL', KEYS[2])
 end
 return moved
+"""
+
+# KEYS: a session key of an earlier release (or of a fallback secret). Take the blob away:
+# reply {blob, ttl in ms (-1: none)} and delete the key, or false if it holds no string.
+# One request takes it; a concurrent one finds nothing, so a session logged out after its
+# move cannot be brought back by a request that read it before.
+TAKE = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'string' then
+    return false
+end
+local blob = redis.call('GET', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return {blob, ttl}
+"""
+
+# KEYS: lock. ARGV: token. Release the lock if it holds the token; 1 if it did.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
 """

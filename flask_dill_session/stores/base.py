@@ -134,6 +134,8 @@ class Store(ABC):
     supports_locking: bool = True
     #: Whether :meth:`index` and :meth:`indexed` work (``SESSION_DILL_USER_KEY``).
     supports_index: bool = False
+    #: What :meth:`cleanup` did, for ``flask dill-session cleanup``; ``{count}`` its result.
+    cleanup_summary: str = "removed {count} expired entries"
 
     @classmethod
     @abstractmethod

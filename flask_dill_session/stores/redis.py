@@ -1,38 +1,32 @@
-"""Redis store: one string key per session, native TTL, redis-py locks, one round trip each way.
+"""Redis store: one string key per session, native TTL, per-session locks, one round trip
+each way. Works on one Redis, on Sentinel (``master_for``) and on Redis Cluster.
 
-Layout, for a store key ``session:<sid>`` (the interface passes ``SESSION_KEY_PREFIX`` +
-sid):
+Keys (:mod:`._keys`): a session lives under a keyed hash of its store key in a hash tag,
+``session:{<tag>}``, with ``lock:session:{<tag>}``, ``strikes:session:{<tag>}`` and
+``quarantine:session:{<tag>}:<fingerprint>:<blob hash>`` in the same cluster slot. The
+blob has a ``PX`` TTL of the idle lifetime, so Redis itself forgets idle sessions; the
+lock is a random token with a ``PX`` TTL of the lease (a holder that died frees it when the
+lease ends); the strike count (:meth:`~flask_dill_session.stores.base.Entry.strike`)
+exists only while not 0.
 
-- ``session:<sid>`` holds the authenticated blob, with a ``PX`` TTL of the idle lifetime,
-  so Redis itself forgets idle sessions (:meth:`RedisStore.cleanup` has nothing to do);
-- ``lock:session:<sid>`` is the per-session lock of :class:`redis.lock.Lock`: a random
-  token with a ``PX`` TTL of the lease, so a holder that died frees it when the lease ends;
-- ``strikes:session:<sid>`` counts the consecutive failed requests of the session
-  (:meth:`~flask_dill_session.stores.base.Entry.strike`), with the session's TTL. It exists
-  only while the count is not 0: a write or a touch deletes it (in the same round trip,
-  and only when the count read was not 0), and so do delete and quarantine;
-- ``quarantine:session:<fingerprint>:<blob hash>`` is a blob that failed to load, moved
-  there by ``RENAME`` and kept with its own TTL. ``<fingerprint>`` is what the warning in
-  the log names (the first 12 hex digits of SHA-256 of the store key), so
-  ``SCAN 0 MATCH quarantine:session:<fingerprint>:*`` finds it.
-
-Every step is a single command or a single Lua script, so Redis applies it whole or not at
-all, and a holder that lost its lock is caught in the same atomic step as its write:
+Every step is a single command or a single Lua script on the keys of one session (so of
+one slot), applied whole or not at all, and a holder that lost its lock is caught in the
+same atomic step as its write:
 
 - reading with the lock is one script: if the session exists and the lock is free (or
   already this request's), ``SET lock token PX lease`` and ``GET`` the session and its
   strike count; a missing session takes no lock. Without the lock, one ``MGET`` of both;
 - saving a changed session is one script: check that the lock still holds this request's
   token, delete it, and ``SET session blob XX PX ttl`` (``XX``: a session deleted meanwhile
-  is never resurrected). A request whose lease ran out writes nothing, and
-  :meth:`~flask_dill_session.stores.base.Entry.write` raises ``StoreUnavailableError``
-  (HTTP 503: the change was not saved);
+  is never resurrected). A request whose lock is gone (its lease ran out, or a failover
+  lost it) writes nothing, and :meth:`~flask_dill_session.stores.base.Entry.write` raises
+  ``StoreUnavailableError`` (HTTP 503: the change was not saved);
 - an unchanged session is refreshed by ``PEXPIRE`` and the lock deleted, in one script;
-- a failed request is recorded by one script: check that the lock still holds this
-  request's token and delete it, then, if the session still exists, ``SET`` the strike
-  count and ``PEXPIRE`` the session (a request whose lease ran out records nothing and
-  raises ``StoreUnavailableError``);
+- a failed request is recorded by one script (the same lock check, then the count);
 - a new session is created by ``SET session blob NX PX ttl`` and needs no lock.
+
+A session not found under its key may be under a former key (:mod:`._former`): the key
+an earlier release gave it, or its name under a fallback secret. It is moved, once.
 
 Round trips per request, with locking (``SESSION_DILL_LOCKING``, the default):
 
@@ -43,35 +37,26 @@ does not use ``session``                         0
 new session (no cookie), written                 1
 existing session, changed (read + write)         2
 existing session, unchanged (read + touch)       2
-unknown or expired id, new session written       2
+unknown or expired id, new session written       3 (+1 per fallback secret)
 ``destroy`` / ``regenerate`` (read + delete)     2 (+1 to write the new id)
 failed request, strike recorded (read + strike)  2
 ===============================================  ===========
 
-Without locking the counts are the same (an ``MGET`` of the session and its strike count,
-``SET XX PX`` or ``PEXPIRE``; with strikes to reset, a write is a pipeline of ``SET XX PX``
-and ``DEL`` and a touch a script, still one round trip each).
-Waiting for a lock held by another request costs one more round trip per poll (every
-``lock_poll`` seconds). The first time a process runs each of the Lua scripts against a
-server (after it started, or after ``SCRIPT FLUSH``), redis-py loads the script: two
-extra round trips, once.
+Without locking the counts are the same. Waiting for a lock held by another request costs
+one more round trip per poll (every ``lock_poll`` seconds). The first time a process runs
+each script against a server (after it started, or after ``SCRIPT FLUSH``), redis-py loads
+it: two extra round trips, once. ``WAIT`` (``SESSION_DILL_REDIS_WAIT``) is sent after a
+write or a delete on the same connection, in the same round trip.
 
-Deletes (logout, ``regenerate``, an emptied session) apply even when the lease was lost:
+Deletes (logout, ``regenerate``, an emptied session) apply even when the lock was lost:
 ending a session must not depend on a lock. Every exception of the client (unreachable,
-timed out, an error reply, ``RedisClusterException``, ...) is raised as
-:class:`~flask_dill_session.exc.StoreUnavailableError` naming its cause and the server's
-address, answered as HTTP 503. Give the client ``socket_timeout`` and
-``socket_connect_timeout`` so that a stalled Redis cannot hang requests.
+timed out, an error reply, ``MOVED`` or ``TRYAGAIN`` that redis-py did not follow,
+``RedisClusterException``, no master known to Sentinel...) is raised as
+:class:`~flask_dill_session.exc.StoreUnavailableError` naming its cause and where, answered
+as HTTP 503. Give the client ``socket_timeout`` and ``socket_connect_timeout``.
 
-Deadlines. A command the client gave up on (its ``socket_timeout`` passed) may still reach
-Redis later, for instance once a stalled server runs again. So the lock-and-read and the
-write scripts carry the instant the client gives up, ``socket_timeout`` after sending,
-and compare it with the server's ``TIME``: past it, the first takes no lock and the
-second writes nothing (and releases the lock), so a stall leaves no lock behind for the
-rest of a lease. The instant is sent in the server's clock: every reply of these scripts
-carries ``TIME``, from which the store learns the offset between the two clocks; a
-refusal that reaches the client in time (so due to the offset, not to a stall) is retried
-once with the offset just learned.
+Deadlines (:class:`~._clients.ServerClock`): the lock-and-read and the write scripts carry
+the instant the client gives up, in the server's clock; past it, they do nothing.
 """
 
 from __future__ import annotations
@@ -79,36 +64,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import redis
-import redis.exceptions
 from redis.commands.core import Script
-from redis.lock import Lock
 
 from ..config import DEFAULTS, Settings
 from ..exc import ConfigError, LockTimeoutError, StoreUnavailableError
+from . import _clients as clients
 from . import _scripts as scripts
-from .base import Entry, Store, fingerprint, quarantine_name
+from ._clients import CLIENT_ERRORS, Client, ServerClock, describe
+from ._former import FormerKeys
+from ._keys import KeyNames, Names
+from .base import Entry, Store, fingerprint
+
+__all__ = ["CLIENT_ERRORS", "RedisStore", "ServerClock", "describe"]
 
 logger = logging.getLogger("flask_dill_session")
-
-#: Every exception the client raises: ``RedisError`` and the rest of redis-py's exception
-#: classes, some of which are not ``RedisError`` (``RedisClusterException``, ...), and
-#: ``OSError`` from below it.
-CLIENT_ERRORS: tuple[type[Exception], ...] = (
-    OSError,
-    *(
-        cls
-        for cls in vars(redis.exceptions).values()
-        if isinstance(cls, type)
-        and issubclass(cls, Exception)
-        and cls.__module__ == "redis.exceptions"
-    ),
-)
 
 
 def _count(value: Any) -> int:
@@ -129,56 +104,31 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-class ServerClock:
-    """Deadlines in the Redis server's clock: ours, plus an offset learned from its replies.
-
-    *timeout* is the client's ``socket_timeout`` (``None``: it never gives up, and calls
-    carry no deadline).
-    """
-
-    def __init__(self, timeout: float | None, now: Callable[[], float] = time.time) -> None:
-        self.timeout = timeout
-        self.now = now
-        self.offset = 0.0  # seconds the server's clock is ahead of ours
-
-    def deadline(self, sent: float) -> int:
-        """The server-clock instant (ms) a call sent at *sent* is given up; 0 for never."""
-        if self.timeout is None:
-            return 0
-        return math.floor((sent + self.offset + self.timeout) * 1000)
-
-    def learn(self, server_ms: int, sent: float, received: float) -> None:
-        """Take the offset from a reply, if its round trip was short enough to tell it."""
-        if self.timeout is not None and received - sent < self.timeout / 4:
-            self.offset = server_ms / 1000 - (sent + received) / 2
-
-    def in_time(self, sent: float, received: float) -> bool:
-        """Whether a reply came before the client would have given up on it."""
-        return self.timeout is None or received - sent < self.timeout
-
-
-def describe(client: redis.Redis) -> str:
-    """Where *client* connects, for log lines: ``host:port/db`` or the socket path."""
-    kwargs = client.connection_pool.connection_kwargs
-    place = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
-    return f"{place}/{kwargs.get('db', 0)}"
-
-
 class RedisStore(Store):
-    """Session blobs in Redis, with per-session locks made by :class:`redis.lock.Lock`.
+    """Session blobs in Redis, with per-session locks.
 
-    *client* must be a :class:`redis.Redis` made with ``decode_responses=False``.
-    *lock_timeout* is how long a request waits for a session's lock before
+    *client* is a ``redis.Redis`` (also Sentinel's ``master_for(...)``) or a
+    ``redis.cluster.RedisCluster``, made with ``decode_responses=False``; any object with
+    the methods the store calls will do. Keys are named by a keyed hash made with *secret*
+    (and looked up under the names of *fallbacks*), under *key_prefix*. *wait*, as
+    ``(replicas, ms)``, sends ``WAIT`` after each write and delete and raises
+    ``StoreUnavailableError`` when fewer replicas confirmed it. *lock_timeout* is how long
+    a request waits for a session's lock before
     :class:`~flask_dill_session.exc.LockTimeoutError` (HTTP 503); *lock_lease* how long a
     holder may keep it before it is considered dead; *lock_poll* the pause between tries.
     """
 
     supports_locking = True
+    cleanup_summary = "moved {count} sessions stored under their ids to hashed keys"
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
+        secret: str | bytes,
+        fallbacks: Sequence[str | bytes] = (),
+        key_prefix: str = DEFAULTS.key_prefix,
+        wait: tuple[int, int] | None = DEFAULTS.redis_wait,
         lock_timeout: float = DEFAULTS.lock_timeout,
         lock_lease: float = DEFAULTS.lock_lease,
         lock_poll: float = 0.01,
@@ -186,102 +136,181 @@ class RedisStore(Store):
         quarantine_prefix: str = "quarantine:",
         strikes_prefix: str = "strikes:",
     ) -> None:
-        if not isinstance(client, redis.Redis):
-            raise ConfigError(f"a redis.Redis client is required, got {type(client).__name__}")
-        if client.get_encoder().decode_responses:
-            raise ConfigError(
-                "the Redis client must be made with decode_responses=False:"
-                " sessions are stored as bytes"
-            )
+        clients.check(client)
         self.client = client
+        self.names = KeyNames(
+            secret,
+            fallbacks,
+            prefix=key_prefix,
+            lock_prefix=lock_prefix,
+            strikes_prefix=strikes_prefix,
+            quarantine_prefix=quarantine_prefix,
+        )
+        self.wait = wait
         self.lock_timeout = lock_timeout
         self.lock_lease = lock_lease
         self.lock_poll = lock_poll
-        self.lock_prefix = lock_prefix
-        self.quarantine_prefix = quarantine_prefix
-        self.strikes_prefix = strikes_prefix
         self.address = describe(client)
-        self.server_clock = ServerClock(
-            client.connection_pool.connection_kwargs.get("socket_timeout")
-        )
+        self.server_clock = ServerClock(clients.socket_timeout(client))
         self.open_script = client.register_script(scripts.OPEN)
         self.write_script = client.register_script(scripts.WRITE)
         self.touch_script = client.register_script(scripts.TOUCH)
         self.strike_script = client.register_script(scripts.STRIKE)
         self.delete_script = client.register_script(scripts.DELETE)
         self.quarantine_script = client.register_script(scripts.QUARANTINE)
+        self.release_script = client.register_script(scripts.RELEASE)
+        self.former = FormerKeys(client, self.names)
 
     @classmethod
     def from_config(cls, settings: Settings, config: Mapping[str, Any]) -> RedisStore:
-        """``SESSION_REDIS`` must be a :class:`redis.Redis` client: no default host."""
+        """``SESSION_REDIS`` must be a redis-py client: no default host."""
         client = config.get("SESSION_REDIS")
-        if not isinstance(client, redis.Redis):
-            raise ConfigError(
-                "SESSION_REDIS must be a redis.Redis client when SESSION_DILL_BACKEND is"
-                ' "redis" (no default host is assumed), e.g. redis.Redis.from_url(url,'
-                f" socket_timeout=2, socket_connect_timeout=2); got {type(client).__name__}"
-            )
         try:
             store = cls(
-                client,
+                client,  # type: ignore[arg-type]  # checked by the store
+                secret=settings.secret_key,
+                fallbacks=settings.secret_key_fallbacks,
+                key_prefix=settings.key_prefix,
+                wait=settings.redis_wait,
                 lock_timeout=settings.lock_timeout,
                 lock_lease=settings.lock_lease,
-                quarantine_prefix=f"quarantine:{settings.key_prefix}",
             )
         except ConfigError as exc:
-            raise ConfigError(f"SESSION_REDIS: {exc}") from None
-        if client.connection_pool.connection_kwargs.get("socket_timeout") is None:
+            raise ConfigError(
+                f"SESSION_REDIS: {exc}; no default host is assumed when SESSION_DILL_BACKEND"
+                ' is "redis", e.g. redis.Redis.from_url(url, socket_timeout=2,'
+                " socket_connect_timeout=2)"
+            ) from None
+        timeout = store.server_clock.timeout
+        if timeout is None:
             logger.warning(
                 "SESSION_REDIS has no socket_timeout: requests will hang while Redis at %s"
                 " does not answer; give the client socket_timeout and socket_connect_timeout",
                 store.address,
             )
+        elif store.wait is not None and store.wait[1] >= timeout * 1000:
+            raise ConfigError(
+                f"SESSION_DILL_REDIS_WAIT waits up to {store.wait[1]} ms, not less than the"
+                f" client's socket_timeout ({timeout:g} s): a lagging replica would time the"
+                " client out; wait less, or give the client a longer socket_timeout"
+            )
+        if clients.is_cluster(store.client) and "{" in settings.key_prefix:
+            logger.warning(
+                "SESSION_KEY_PREFIX %r holds '{': Redis Cluster hashes the prefix's braces"
+                " instead of each session's tag, so every session goes to one master",
+                settings.key_prefix,
+            )
         return store
 
+    # -- key names ---------------------------------------------------------------------
+
+    def session_key(self, key: str) -> str:
+        """The Redis key of the session stored under *key*."""
+        return self.names.session(key)
+
     def lock_key(self, key: str) -> str:
-        return self.lock_prefix + key
+        return self.names.of(key).lock
 
     def strikes_key(self, key: str) -> str:
-        return self.strikes_prefix + key
+        return self.names.of(key).strikes
+
+    def quarantine_key(self, key: str, blob: bytes) -> str:
+        return self.names.quarantine(key, blob)
+
+    # -- the store API ---------------------------------------------------------------------
 
     def new(self, key: str) -> Entry:
-        return _RedisEntry(self, key, None, None)
+        return _RedisEntry(self, key, self.names.of(key), None, None)
 
     def open(self, key: str, *, lock: bool) -> Entry:
+        return self._open(key, self.names.of(key), lock, look_elsewhere=True)
+
+    def _open(self, key: str, names: Names, lock: bool, *, look_elsewhere: bool) -> Entry:
         if not lock:
             with self.errors("reading a session"):  # MGET reads a key of another type as nil
-                value, count = self.client.mget([key, self.strikes_key(key)])
-            if not isinstance(value, bytes):
-                return self.new(key)
-            return _RedisEntry(self, key, value, None, _count(count))
-        session_lock = _SessionLock(self, key)
-        with self.errors("locking and reading a session"):
-            acquired = session_lock.acquire()
-        if not acquired:
-            raise LockTimeoutError(f"session lock not acquired within {self.lock_timeout:g} s")
-        if session_lock.blob is None:  # no such session: the script took no lock
-            session_lock.local.token = None
-            entry = self.new(key)
+                value, count = self.client.mget([names.session, names.strikes])
+            if isinstance(value, bytes):
+                return _RedisEntry(self, key, names, value, None, _count(count))
         else:
-            entry = _RedisEntry(self, key, session_lock.blob, session_lock, session_lock.strikes)
-        entry.waited = session_lock.waited
-        return entry
+            session_lock = _SessionLock(self, key, names)
+            with self.errors("locking and reading a session"):
+                acquired = session_lock.acquire()
+            if not acquired:
+                raise LockTimeoutError(f"session lock not acquired within {self.lock_timeout:g} s")
+            if session_lock.blob is not None:
+                blob, strikes = session_lock.blob, session_lock.strikes
+                entry = _RedisEntry(self, key, names, blob, session_lock, strikes)
+                entry.waited = session_lock.waited
+                return entry
+        if look_elsewhere and self._adopt(key, names.session):
+            return self._open(key, names, lock, look_elsewhere=False)
+        return _RedisEntry(self, key, names, None, None)
+
+    def _adopt(self, key: str, name: str) -> bool:
+        """Move *key*'s blob to *name* from a former key; whether one held it."""
+        with self.errors("looking for a session under its former keys"):
+            return self.former.adopt(key, name)
 
     def cleanup(self, report: Counter[str] | None = None) -> int:
-        """Nothing to do: Redis expires idle sessions, old locks and quarantine by TTL."""
-        return 0
+        """Move the sessions an earlier release stored under their ids to their hashed keys,
+        scanning every primary; how many moved. Redis expires the rest by TTL itself."""
+        with self.errors("moving sessions stored under their ids"):
+            return self.former.sweep()
 
-    def run(self, script: Script, keys: list[str], args: list[Any], *, retry: bool) -> Any:
+    # -- calls ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        script: Script,
+        keys: Sequence[str | bytes],
+        args: list[Any],
+        *,
+        retry: bool,
+        replicate: bool = False,
+    ) -> tuple[Any, int | None]:
         """Call a script that takes a deadline (appended to *args*), learning the server's
-        clock from its reply; if refused as late while in time, *retry* once."""
+        clock from its reply; if refused as late while in time, *retry* once. With
+        *replicate* and ``WAIT`` configured, also how many replicas confirmed it."""
+        acked = None
         for _ in range(2 if retry else 1):
             sent = self.server_clock.now()
-            reply = script(keys=keys, args=[*args, self.server_clock.deadline(sent)])
+            full = [*args, b"%d" % self.server_clock.deadline(sent)]
+            if replicate and self.wait is not None:
+                command = ("EVALSHA", script.sha, len(keys), *keys, *full)
+                (reply,), acked = self.replicated(keys[0], [command], script)
+            else:
+                reply = self.call(script, keys, full)
             received = self.server_clock.now()
             self.server_clock.learn(int(reply[1]), sent, received)
             if reply[0] != scripts.LATE or not self.server_clock.in_time(sent, received):
                 break
-        return reply
+        return reply, acked
+
+    def call(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
+        """:func:`._clients.run_script` on this store's client."""
+        return clients.run_script(self.client, script, keys, args)
+
+    def replicated(
+        self, name: str | bytes, commands: Sequence[tuple[Any, ...]], script: Script | None = None
+    ) -> tuple[list[Any], int]:
+        """:func:`._clients.send_and_wait` with the configured ``WAIT``."""
+        assert self.wait is not None
+        return clients.send_and_wait(self.client, name, commands, self.wait, script)
+
+    def confirm(self, key: str, acked: int | None, what: str) -> None:
+        """Raise if ``WAIT`` found fewer replicas than asked for behind the change *what*."""
+        if acked is None or self.wait is None or acked >= self.wait[0]:
+            return
+        replicas, ms = self.wait
+        raise StoreUnavailableError(
+            f"session {fingerprint(key)} {what} on the master, but {acked} of the {replicas}"
+            f" replicas asked for (SESSION_DILL_REDIS_WAIT) confirmed it within {ms} ms: a"
+            f" failover may lose it (Redis at {self.address})",
+            cause=f"{acked} of {replicas} replicas confirmed the change within {ms} ms",
+            where=self.address,
+        )
+
+    # -- errors --------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def errors(self, action: str) -> Iterator[None]:
@@ -303,13 +332,13 @@ class RedisStore(Store):
             where=self.address,
         )
 
-    def lease_lost(self, key: str, outcome: str = "not saved") -> StoreUnavailableError:
-        """The error for a change refused because the lock's lease ran out first."""
+    def lock_lost(self, key: str, outcome: str = "not saved") -> StoreUnavailableError:
+        """The error for a change refused because the request no longer held the lock."""
         return StoreUnavailableError(
-            f"session {fingerprint(key)} {outcome}: its lock lease ({self.lock_lease:g} s) ran"
-            " out before the request ended, and another request may have changed it since"
-            f" (Redis at {self.address})",
-            cause="lock lease ran out",
+            f"session {fingerprint(key)} {outcome}: its lock was no longer held (its lease of"
+            f" {self.lock_lease:g} s ran out, or a failover lost it) and another request may"
+            f" have changed it since (Redis at {self.address})",
+            cause="lock lost",
             where=self.address,
         )
 
@@ -319,30 +348,36 @@ class RedisStore(Store):
         return self.unavailable(action, f"Redis answered after the socket timeout ({timeout} s)")
 
 
-class _SessionLock(Lock):
-    """redis-py's lock whose acquiring step also reads the session, in one script."""
+class _SessionLock:
+    """A session's lock: a random token under its lock key with the lease as ``PX`` TTL,
+    taken by the script that also reads the session, tried every ``lock_poll`` seconds
+    until ``lock_timeout``."""
 
-    def __init__(self, store: RedisStore, key: str) -> None:
-        super().__init__(
-            store.client,
-            store.lock_key(key),
-            timeout=store.lock_lease,
-            sleep=store.lock_poll,
-            blocking_timeout=store.lock_timeout,
-            thread_local=False,  # the entry belongs to one request, not to a thread
-        )
+    def __init__(self, store: RedisStore, key: str, names: Names) -> None:
         self.store = store
         self.key = key
-        self.lease_ms = _ms(store.lock_lease)
+        self.keys = [name.encode() for name in names]  # bytes: cheaper to send
         self.blob: bytes | None = None
         self.strikes = 0
+        self.token: bytes | None = None  # set while held
         self.refused: float | None = None  # when a try was first refused (monotonic)
         self.waited = 0.0  # seconds from then until the lock was taken
 
-    def do_acquire(self, token: str) -> bool:
+    def acquire(self) -> bool:
+        """Take the lock and read the session (no lock if there is none); ``False`` if
+        another request held it until the lock timeout."""
+        store, token = self.store, secrets.token_hex(16).encode()
+        give_up = time.monotonic() + store.lock_timeout
+        while not self._try(token):
+            if time.monotonic() + store.lock_poll > give_up:
+                return False
+            time.sleep(store.lock_poll)
+        return True
+
+    def _try(self, token: bytes) -> bool:
         store = self.store
-        keys = [self.key, self.name, store.strikes_key(self.key)]
-        reply = store.run(store.open_script, keys, [token, self.lease_ms], retry=True)
+        args = [token, b"%d" % _ms(store.lock_lease)]
+        reply, _ = store.run(store.open_script, self.keys, args, retry=True)
         if reply[0] == scripts.LATE:
             raise store.late("locking and reading a session")
         if reply[0] == scripts.BUSY:
@@ -351,10 +386,16 @@ class _SessionLock(Lock):
             return False  # held by another request
         if self.refused is not None:
             self.waited = time.monotonic() - self.refused
-        done = reply[0] == scripts.DONE
-        self.blob = reply[2] if done else None
-        self.strikes = _count(reply[3]) if done else 0
+        if reply[0] == scripts.DONE:
+            self.blob, self.strikes, self.token = reply[2], _count(reply[3]), token
         return True
+
+    def release(self) -> bool:
+        """Delete the lock if it still holds our token; whether it did."""
+        token, self.token = self.token, None
+        return token is None or bool(
+            self.store.call(self.store.release_script, self.keys[1:2], [token])
+        )
 
 
 class _RedisEntry(Entry):
@@ -369,12 +410,14 @@ class _RedisEntry(Entry):
         self,
         store: RedisStore,
         key: str,
+        names: Names,
         blob: bytes | None,
         lock: _SessionLock | None,
         strikes: int = 0,
     ) -> None:
         self.store = store
         self.key = key
+        self.names = names
         self.blob = blob
         self.strikes = strikes
         self._lock = lock
@@ -382,51 +425,61 @@ class _RedisEntry(Entry):
 
     @property
     def _token(self) -> Any:
-        return None if self._lock is None else self._lock.local.token
-
-    def _keys(self) -> list[str]:
-        return [self.key, self.store.lock_key(self.key), self.store.strikes_key(self.key)]
+        return None if self._lock is None else self._lock.token
 
     def _released(self) -> None:
         if self._lock is not None:
-            self._lock.local.token = None
+            self._lock.token = None
             self._lock = None
 
     def write(self, blob: bytes, ttl: float) -> bool:
         try:
             with self.store.errors("writing a session"):
-                status = self._write(blob, ttl)
+                status, acked = self._write(blob, ttl)
         finally:
             self._released()  # released by the script; if it failed, by the lease
         if status == scripts.LOST:
-            raise self.store.lease_lost(self.key)
+            raise self.store.lock_lost(self.key)
         if status == scripts.LATE:
             raise self.store.late("writing a session")
+        if status == scripts.DONE:
+            self.store.confirm(self.key, acked, "written")
         return status == scripts.DONE
 
-    def _write(self, blob: bytes, ttl: float) -> int:
-        client = self.store.client
+    def _write(self, blob: bytes, ttl: float) -> tuple[int, int | None]:
+        """The write's status, and how many replicas confirmed it (``None``: not asked)."""
         if self.blob is None:
-            return (
-                scripts.DONE if client.set(self.key, blob, nx=True, px=_ms(ttl)) else scripts.GONE
-            )
+            return self._set(blob, ttl, create=True)
         token = self._token
         if token is None:
             if self._locked:
-                return scripts.LOST  # the lock was released already
-            return scripts.DONE if self._set_existing(blob, ttl) else scripts.GONE
-        script, args = self.store.write_script, [token, blob, _ms(ttl), _flag(self.strikes)]
-        return int(self.store.run(script, self._keys(), args, retry=False)[0])
+                return scripts.LOST, None  # the lock was released already
+            return self._set(blob, ttl, create=False)
+        store, args = self.store, [token, blob, b"%d" % _ms(ttl), b"%d" % _flag(self.strikes)]
+        keys = self._lock.keys if self._lock is not None else list(self.names)
+        reply, acked = store.run(store.write_script, keys, args, retry=False, replicate=True)
+        return int(reply[0]), acked
 
-    def _set_existing(self, blob: bytes, ttl: float) -> bool:
-        """Without a lock: ``SET XX PX``, and ``DEL`` of the strikes in the same round trip
-        if there are any; whether the session still existed."""
-        if not self.strikes:
-            return bool(self.store.client.set(self.key, blob, xx=True, px=_ms(ttl)))
-        pipe = self.store.client.pipeline(transaction=False)
-        pipe.set(self.key, blob, xx=True, px=_ms(ttl))
-        pipe.delete(self.store.strikes_key(self.key))
-        return bool(pipe.execute()[0])
+    def _set(self, blob: bytes, ttl: float, *, create: bool) -> tuple[int, int | None]:
+        """``SET NX`` (*create*) or ``SET XX`` (without a lock), and ``DEL`` of the strikes in
+        the same round trip if there are any."""
+        name, store, ms = self.names.session, self.store, _ms(ttl)
+        acked = None
+        if store.wait is not None:
+            condition = "NX" if create else "XX"
+            commands: list[tuple[Any, ...]] = [("SET", name, blob, condition, "PX", ms)]
+            if self.strikes:
+                commands.append(("DEL", self.names.strikes))
+            replies, acked = store.replicated(name, commands)
+            done = replies[0]
+        elif not self.strikes:
+            done = store.client.set(name, blob, px=ms, nx=create, xx=not create)
+        else:
+            pipe = store.client.pipeline(transaction=False)
+            pipe.set(name, blob, px=ms, nx=create, xx=not create)
+            pipe.delete(self.names.strikes)
+            done = pipe.execute()[0]
+        return (scripts.DONE if done else scripts.GONE), acked
 
     def touch(self, ttl: float) -> None:
         if self.blob is None:
@@ -435,17 +488,17 @@ class _RedisEntry(Entry):
             with self.store.errors("refreshing a session's expiry"):
                 token = self._token
                 if token is None and not self.strikes:
-                    self.store.client.pexpire(self.key, _ms(ttl))
+                    self.store.client.pexpire(self.names.session, _ms(ttl))
                 else:
                     args = [token or "", _ms(ttl), _flag(self.strikes)]
-                    self.store.touch_script(keys=self._keys(), args=args)
+                    self.store.call(self.store.touch_script, list(self.names), args)
         finally:
             self._released()
 
     def strike(self, ttl: float) -> None:
         """One script: release the lock, then store ``strikes + 1`` and move the expiry of
         the session (unless it was deleted meanwhile). Raises ``StoreUnavailableError`` if
-        the lock's lease ran out first (nothing recorded)."""
+        the lock was lost first (nothing recorded)."""
         if self.blob is None:
             return
         token = self._token
@@ -454,59 +507,63 @@ class _RedisEntry(Entry):
                 status = scripts.LOST
                 if token is not None or not self._locked:
                     args = [token or "", _ms(ttl), self.strikes + 1]
-                    status = int(self.store.strike_script(keys=self._keys(), args=args))
+                    status = int(self.store.call(self.store.strike_script, list(self.names), args))
         finally:
             self._released()
         if status == scripts.LOST:
-            raise self.store.lease_lost(self.key, "failed request not recorded")
+            raise self.store.lock_lost(self.key, "failed request not recorded")
         if status == scripts.DONE:
             self.strikes += 1
 
     def delete(self) -> None:
         if self.blob is None:
             return
+        store, names = self.store, self.names
         try:
-            with self.store.errors("deleting a session"):
+            with store.errors("deleting a session"):
                 token = self._token
                 if token is None:
-                    self.store.client.delete(self.key, self.store.strikes_key(self.key))
+                    command: tuple[Any, ...] = ("DEL", names.session, names.strikes)
+                    script = None
                 else:
-                    self.store.delete_script(keys=self._keys(), args=[token])
+                    command = ("EVALSHA", store.delete_script.sha, 3, *names, token)
+                    script = store.delete_script
+                if store.wait is not None:
+                    acked: int | None = store.replicated(names.session, [command], script)[1]
+                elif script is None:
+                    store.client.delete(names.session, names.strikes)
+                else:
+                    store.call(script, list(names), [token])
         finally:
             self._released()
+        if store.wait is not None:
+            store.confirm(self.key, acked, "deleted")
 
     def quarantine(self, ttl: float) -> None:
         if self.blob is None:
             return
-        target = self.store.quarantine_prefix + quarantine_name(self.key, self.blob)
+        target = self.store.quarantine_key(self.key, self.blob)
         try:
             with self.store.errors("quarantining a session"):
-                self.store.quarantine_script(
-                    keys=[*self._keys(), target], args=[self._token or b"", self.blob, _ms(ttl)]
-                )
+                keys, args = [*self.names, target], [self._token or b"", self.blob, _ms(ttl)]
+                self.store.call(self.store.quarantine_script, keys, args)
         finally:
             self._released()
 
     def copy_to_quarantine(self, ttl: float) -> None:
         if self.blob is None:
             return
-        target = self.store.quarantine_prefix + quarantine_name(self.key, self.blob)
+        target = self.store.quarantine_key(self.key, self.blob)
         with self.store.errors("keeping a copy of a session"):
             self.store.client.set(target, self.blob, px=_ms(ttl))
 
     def release(self) -> None:
         """Release the lock if still held; never raises (the lease frees it anyway)."""
         lock, self._lock = self._lock, None
-        if lock is None or lock.local.token is None:
+        if lock is None or lock.token is None:
             return
         try:
-            lock.release()
-        except redis.exceptions.LockNotOwnedError:
-            logger.warning(
-                "session %s: lock lease (%g s) ran out before the request ended",
-                fingerprint(self.key),
-                self.store.lock_lease,
-            )
+            released = lock.release()
         except CLIENT_ERRORS as exc:
             logger.error(
                 "session %s: lock not released (it ends with its lease): Redis at %s: %s: %s",
@@ -514,4 +571,12 @@ class _RedisEntry(Entry):
                 self.store.address,
                 type(exc).__name__,
                 exc,
+            )
+            return
+        if not released:
+            logger.warning(
+                "session %s: lock lost (lease of %g s ran out, or a failover) before the"
+                " request ended",
+                fingerprint(self.key),
+                self.store.lock_lease,
             )

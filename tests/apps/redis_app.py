@@ -1,8 +1,9 @@
 """A counter app on the Redis backend, for tests that run it in processes of their own.
 
 Configuration comes from the environment: ``FDS_REDIS_URL`` (required) names the Redis
-server, and every ``FLASK_*`` variable overrides the config key of the same name (for
-example ``FLASK_SECRET_KEY``, ``FLASK_SESSION_FILE_DIR``, ``FLASK_SESSION_DILL_LOCK_LEASE``).
+server (a node of a Redis Cluster with ``FDS_REDIS_CLUSTER=1``), and every ``FLASK_*``
+variable overrides the config key of the same name (for example ``FLASK_SECRET_KEY``,
+``FLASK_SESSION_FILE_DIR``, ``FLASK_SESSION_DILL_LOCK_LEASE``).
 The client has short socket timeouts and a single retry, so an unreachable Redis turns
 into a quick 503 rather than a hanging request.
 
@@ -18,6 +19,7 @@ import time
 import redis
 from flask import Flask, session
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from flask_dill_session import Session
@@ -33,11 +35,18 @@ def redis_client(url: str, timeout: float = 1.0) -> redis.Redis:
     )
 
 
+def cluster_client(url: str, timeout: float = 1.0) -> RedisCluster:
+    """A cluster client that gives up after *timeout* seconds instead of hanging."""
+    return RedisCluster.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
 def create_app() -> Flask:
     app = Flask(__name__)
     app.config.update(SESSION_TYPE="dill", SESSION_DILL_BACKEND="redis")
     app.config.from_prefixed_env()
-    app.config["SESSION_REDIS"] = redis_client(os.environ["FDS_REDIS_URL"])
+    url = os.environ["FDS_REDIS_URL"]
+    cluster = os.environ.get("FDS_REDIS_CLUSTER") == "1"
+    app.config["SESSION_REDIS"] = cluster_client(url) if cluster else redis_client(url)
     Session(app)
 
     @app.route("/start")
