@@ -106,7 +106,7 @@ class Session:
         if settings.user_key is not None and not store.supports_index:
             raise ConfigError(
                 f"SESSION_DILL_USER_KEY: the {settings.backend} backend keeps no index of"
-                " sessions by user; use the filesystem or redis backend"
+                " sessions by user; the filesystem and redis backends do"
             )
         return DillSessionInterface(store, codec, settings)
 

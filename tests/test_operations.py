@@ -21,20 +21,41 @@ from flask_dill_session.cli import cli as cli_group
 from flask_dill_session.names import fingerprint
 
 from .apps import ops_app
-from .support import ROOT, Client, RedisServer, gunicorn, interface, run_deploy_app
+from .support import (
+    ROOT,
+    Client,
+    RedisClusterServers,
+    RedisServer,
+    assert_no_ids,
+    gunicorn,
+    interface,
+    run_deploy_app,
+)
 from .test_deploys import RENAMED, V1
 
-BACKENDS = ["filesystem"]
+BACKENDS = ["filesystem", "redis", "cluster"]
 
 
 @pytest.fixture(params=BACKENDS)
-def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    """The environment that points ``tests.apps.ops_app`` at a fresh store."""
+def backend_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment that points ``tests.apps.ops_app`` at a fresh store; no Redis key
+    names a session id afterwards."""
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
-        redis.Redis(port=server.port).flushdb()
-        return {"FDS_REDIS_PORT": str(server.port)}
-    return {"FDS_SESSION_DIR": str(tmp_path / "sessions")}
+        client = redis.Redis(port=server.port)
+        client.flushdb()
+        yield {"FDS_REDIS_PORT": str(server.port)}
+        assert_no_ids(client)
+        client.close()
+    elif request.param == "cluster":
+        servers: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        cluster = servers.client()
+        cluster.flushdb()
+        yield {"FDS_CLUSTER_PORT": str(servers.nodes[0].port)}
+        assert_no_ids(cluster)
+        cluster.close()
+    else:
+        yield {"FDS_SESSION_DIR": str(tmp_path / "sessions")}
 
 
 @pytest.fixture
@@ -313,3 +334,19 @@ def test_a_login_keeps_a_parallel_request_of_the_old_id_served_read_only(
     new = browser.cookie()
     assert new is not None and new != old
     assert json.loads(browser.get("/peek")[1]) == {"user": "zoe", "cart": ["pear"]}
+
+
+def test_a_store_without_an_index_refuses_the_user_key() -> None:
+    import cachelib
+
+    from flask_dill_session import ConfigError, Session
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY="s",
+        SESSION_DILL_BACKEND="cachelib",
+        SESSION_CACHELIB=cachelib.SimpleCache(),
+        SESSION_DILL_USER_KEY="user_id",
+    )
+    with pytest.raises(ConfigError, match="SESSION_DILL_USER_KEY: the cachelib backend keeps"):
+        Session(app)

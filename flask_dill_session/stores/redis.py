@@ -79,7 +79,8 @@ from . import _scripts as scripts
 from ._clients import CLIENT_ERRORS, Client, ServerClock, describe
 from ._former import FormerKeys
 from ._keys import KeyNames, Names
-from .base import Entry, Store, fingerprint
+from ._redis_ops import RedisOperations
+from .base import Entry, fingerprint
 
 __all__ = ["CLIENT_ERRORS", "RedisStore", "ServerClock", "describe"]
 
@@ -104,7 +105,7 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-class RedisStore(Store):
+class RedisStore(RedisOperations):
     """Session blobs in Redis, with per-session locks.
 
     *client* is a ``redis.Redis`` (also Sentinel's ``master_for(...)``) or a

@@ -1,7 +1,8 @@
 """An app with logins and the user index, for the operations tests.
 
-Config from the environment: ``FDS_SESSION_DIR`` (filesystem store), or ``FDS_REDIS_PORT``
-(the Redis backend on that local port). ``flask --app tests.apps.ops_app dill-session ...``
+Config from the environment: ``FDS_SESSION_DIR`` (filesystem store), ``FDS_REDIS_PORT``
+(the Redis backend on that local port) or ``FDS_CLUSTER_PORT`` (on the Redis Cluster with a
+node on that local port). ``flask --app tests.apps.ops_app dill-session ...``
 runs the command line against it. ``/hold`` uses the session, says so by creating
 ``<FDS_FLAG_DIR>/holding``, then waits for ``<FDS_FLAG_DIR>/release`` before changing it.
 """
@@ -36,8 +37,14 @@ def create_app() -> Flask:
 
         app.config.update(
             SESSION_DILL_BACKEND="redis",
-            SESSION_REDIS=redis.Redis(port=int(os.environ["FDS_REDIS_PORT"])),
+            SESSION_REDIS=redis.Redis(port=int(os.environ["FDS_REDIS_PORT"]), socket_timeout=10),
         )
+    elif "FDS_CLUSTER_PORT" in os.environ:
+        from redis.cluster import RedisCluster
+
+        port = int(os.environ["FDS_CLUSTER_PORT"])
+        cluster = RedisCluster(host="127.0.0.1", port=port, socket_timeout=10)
+        app.config.update(SESSION_DILL_BACKEND="redis", SESSION_REDIS=cluster)
     else:
         app.config["SESSION_FILE_DIR"] = os.environ["FDS_SESSION_DIR"]
     Session(app)
