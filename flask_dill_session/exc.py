@@ -95,4 +95,5 @@ class LockTimeoutError(SessionUnavailableError):
 
 class StoreUnavailableError(SessionUnavailableError):
     """The session store could not be reached, or failed (disk full, read-only, Redis down,
-    a lock lease that ran out): nothing was written."""
+    a lock lost to its lease or a failover, a write fewer replicas confirmed than asked):
+    nothing was written, or nothing known to last."""

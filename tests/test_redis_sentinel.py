@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +20,14 @@ from redis.retry import Retry
 from flask_dill_session.exc import StoreUnavailableError
 from flask_dill_session.stores.redis import RedisStore
 
-from .support import SERVICE, RedisSentinelServers, interface, redis_store_of, wait_for
+from .support import (
+    SERVICE,
+    RedisSentinelServers,
+    assert_no_ids,
+    interface,
+    redis_store_of,
+    wait_for,
+)
 from .test_redis import SECRET, CountingConnection, counter_app
 
 AppFactory = Callable[..., Flask]
@@ -39,12 +46,15 @@ def master_for(servers: RedisSentinelServers) -> redis.Redis:
 
 
 @pytest.fixture
-def servers(redis_sentinel: RedisSentinelServers) -> RedisSentinelServers:
-    """The shared Sentinel setup, its master emptied and the replica caught up."""
+def servers(redis_sentinel: RedisSentinelServers) -> Iterator[RedisSentinelServers]:
+    """The shared Sentinel setup, its master emptied and the replica caught up; no key may
+    hold a session id when the test ends."""
     with redis_sentinel.master().client() as master:
         master.flushdb()
         assert master.wait(1, 5000) == 1
-    return redis_sentinel
+    yield redis_sentinel
+    with redis_sentinel.master().client() as master:
+        assert_no_ids(master)
 
 
 def sid_of(browser: FlaskClient) -> str:

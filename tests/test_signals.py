@@ -332,17 +332,17 @@ def refused(backend: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> threadi
 
         monkeypatch.setattr(filesystem, "fcntl", Watched)
     else:
-        from flask_dill_session.stores.redis import _SessionLock
+        from flask_dill_session.stores._lock import SessionLock
 
-        attempt = _SessionLock._try
+        attempt = SessionLock._try
 
-        def watched(self: _SessionLock, token: bytes) -> bool:
+        def watched(self: SessionLock, token: bytes) -> bool:
             taken = attempt(self, token)
             if not taken:
                 event.set()
             return taken
 
-        monkeypatch.setattr(_SessionLock, "_try", watched)
+        monkeypatch.setattr(SessionLock, "_try", watched)
     return event
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import redis
 import redis.exceptions
@@ -111,8 +111,7 @@ def primaries(client: Client) -> list[redis.Redis]:
     """A client of each primary: every master of a cluster, else *client* itself."""
     if is_cluster(client):
         return [_node_client(node) for node in getattr(client, "get_primaries")()]  # noqa: B009
-    assert isinstance(client, redis.Redis)
-    return [client]
+    return [cast(redis.Redis, client)]
 
 
 def node_of(client: Client, name: str | bytes) -> redis.Redis:
@@ -120,8 +119,7 @@ def node_of(client: Client, name: str | bytes) -> redis.Redis:
     that commands pipelined on it share one connection."""
     if is_cluster(client):
         return _node_client(getattr(client, "get_node_from_key")(name))  # noqa: B009
-    assert isinstance(client, redis.Redis)
-    return client
+    return cast(redis.Redis, client)
 
 
 def run_script(client: Client, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
@@ -166,8 +164,7 @@ def _node_client(node: Any) -> redis.Redis:
     result = node.redis_connection
     if result is None:
         raise redis.exceptions.RedisClusterException(f"no connection to node {node.name}")
-    assert isinstance(result, redis.Redis)
-    return result
+    return cast(redis.Redis, result)
 
 
 class ServerClock:

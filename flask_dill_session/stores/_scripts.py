@@ -3,6 +3,9 @@ whole or not at all. Names are the scripts'; replies are documented with each.""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 # Replies of the scripts that carry a deadline: {status, server time (ms), ...}; of STRIKE:
 # the status alone.
 LATE = -2  # past the deadline: nothing done (and the lock released if ours)
@@ -11,6 +14,20 @@ BUSY = 0  # OPEN: held by another request
 GONE = 0  # WRITE, STRIKE: the session was deleted meanwhile, nothing written
 DONE = 1  # OPEN: locked, the blob and the strike count follow; WRITE, STRIKE: written
 ABSENT = 2  # OPEN: no such session, no lock taken
+
+
+def ms(seconds: float) -> int:
+    """A TTL in whole milliseconds, at least 1 (``PX 0`` is an error in Redis)."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+def count(value: Any) -> int:
+    """A strike count as stored (digits), 0 if absent or malformed."""
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
 
 NOW = """
 local t = redis.call('TIME')

@@ -17,8 +17,9 @@ these failures: the caller logs one line. Besides:
 - :meth:`Store.open` raises :class:`~flask_dill_session.exc.LockTimeoutError` when
   another request holds the lock past the lock timeout;
 - :meth:`Entry.write` and :meth:`Entry.strike` raise ``StoreUnavailableError`` when the
-  lock's lease ran out before them (nothing is written: another request may hold the
-  session now); ``write`` returns ``False`` only when the session was deleted meanwhile;
+  lock was lost before them, to its lease or to a Redis failover (nothing is written:
+  another request may hold the session now); ``write`` returns ``False`` only when the
+  session was deleted meanwhile;
 - an entry opened with ``degraded`` set (the store can be read but not written) serves its
   blob, skips :meth:`Entry.touch`, and raises ``StoreUnavailableError`` from every other
   change (``write``, ``strike``, ``delete``, ``quarantine``);

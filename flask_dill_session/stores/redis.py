@@ -63,9 +63,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import secrets
-import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -79,6 +76,7 @@ from . import _scripts as scripts
 from ._clients import CLIENT_ERRORS, Client, ServerClock, describe
 from ._former import FormerKeys
 from ._keys import KeyNames, Names
+from ._lock import SessionLock
 from ._redis_ops import RedisOperations
 from .base import Entry, fingerprint
 
@@ -87,22 +85,9 @@ __all__ = ["CLIENT_ERRORS", "RedisStore", "ServerClock", "describe"]
 logger = logging.getLogger("flask_dill_session")
 
 
-def _count(value: Any) -> int:
-    """A strike count as stored (digits), 0 if absent or malformed."""
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        return 0
-
-
 def _flag(strikes: int) -> int:
     """The reset argument of the write and touch scripts: 1 if there are strikes to delete."""
     return 1 if strikes else 0
-
-
-def _ms(seconds: float) -> int:
-    """A TTL in whole milliseconds, at least 1 (``PX 0`` is an error in Redis)."""
-    return max(1, math.ceil(seconds * 1000))
 
 
 class RedisStore(RedisOperations):
@@ -229,11 +214,11 @@ class RedisStore(RedisOperations):
     def _open(self, key: str, names: Names, lock: bool, *, look_elsewhere: bool) -> Entry:
         if not lock:
             with self.errors("reading a session"):  # MGET reads a key of another type as nil
-                value, count = self.client.mget([names.session, names.strikes])
+                value, stored = self.client.mget([names.session, names.strikes])
             if isinstance(value, bytes):
-                return _RedisEntry(self, key, names, value, None, _count(count))
+                return _RedisEntry(self, key, names, value, None, scripts.count(stored))
         else:
-            session_lock = _SessionLock(self, key, names)
+            session_lock = SessionLock(self, key, names)
             with self.errors("locking and reading a session"):
                 acquired = session_lock.acquire()
             if not acquired:
@@ -349,56 +334,6 @@ class RedisStore(RedisOperations):
         return self.unavailable(action, f"Redis answered after the socket timeout ({timeout} s)")
 
 
-class _SessionLock:
-    """A session's lock: a random token under its lock key with the lease as ``PX`` TTL,
-    taken by the script that also reads the session, tried every ``lock_poll`` seconds
-    until ``lock_timeout``."""
-
-    def __init__(self, store: RedisStore, key: str, names: Names) -> None:
-        self.store = store
-        self.key = key
-        self.keys = [name.encode() for name in names]  # bytes: cheaper to send
-        self.blob: bytes | None = None
-        self.strikes = 0
-        self.token: bytes | None = None  # set while held
-        self.refused: float | None = None  # when a try was first refused (monotonic)
-        self.waited = 0.0  # seconds from then until the lock was taken
-
-    def acquire(self) -> bool:
-        """Take the lock and read the session (no lock if there is none); ``False`` if
-        another request held it until the lock timeout."""
-        store, token = self.store, secrets.token_hex(16).encode()
-        give_up = time.monotonic() + store.lock_timeout
-        while not self._try(token):
-            if time.monotonic() + store.lock_poll > give_up:
-                return False
-            time.sleep(store.lock_poll)
-        return True
-
-    def _try(self, token: bytes) -> bool:
-        store = self.store
-        args = [token, b"%d" % _ms(store.lock_lease)]
-        reply, _ = store.run(store.open_script, self.keys, args, retry=True)
-        if reply[0] == scripts.LATE:
-            raise store.late("locking and reading a session")
-        if reply[0] == scripts.BUSY:
-            if self.refused is None:
-                self.refused = time.monotonic()
-            return False  # held by another request
-        if self.refused is not None:
-            self.waited = time.monotonic() - self.refused
-        if reply[0] == scripts.DONE:
-            self.blob, self.strikes, self.token = reply[2], _count(reply[3]), token
-        return True
-
-    def release(self) -> bool:
-        """Delete the lock if it still holds our token; whether it did."""
-        token, self.token = self.token, None
-        return token is None or bool(
-            self.store.call(self.store.release_script, self.keys[1:2], [token])
-        )
-
-
 class _RedisEntry(Entry):
     """One session as opened by one request; *lock* is the held lock, if any.
 
@@ -413,7 +348,7 @@ class _RedisEntry(Entry):
         key: str,
         names: Names,
         blob: bytes | None,
-        lock: _SessionLock | None,
+        lock: SessionLock | None,
         strikes: int = 0,
     ) -> None:
         self.store = store
@@ -456,7 +391,8 @@ class _RedisEntry(Entry):
             if self._locked:
                 return scripts.LOST, None  # the lock was released already
             return self._set(blob, ttl, create=False)
-        store, args = self.store, [token, blob, b"%d" % _ms(ttl), b"%d" % _flag(self.strikes)]
+        store, ttl_ms = self.store, scripts.ms(ttl)
+        args = [token, blob, b"%d" % ttl_ms, b"%d" % _flag(self.strikes)]
         keys = self._lock.keys if self._lock is not None else list(self.names)
         reply, acked = store.run(store.write_script, keys, args, retry=False, replicate=True)
         return int(reply[0]), acked
@@ -464,7 +400,7 @@ class _RedisEntry(Entry):
     def _set(self, blob: bytes, ttl: float, *, create: bool) -> tuple[int, int | None]:
         """``SET NX`` (*create*) or ``SET XX`` (without a lock), and ``DEL`` of the strikes in
         the same round trip if there are any."""
-        name, store, ms = self.names.session, self.store, _ms(ttl)
+        name, store, ms = self.names.session, self.store, scripts.ms(ttl)
         acked = None
         if store.wait is not None:
             condition = "NX" if create else "XX"
@@ -489,9 +425,9 @@ class _RedisEntry(Entry):
             with self.store.errors("refreshing a session's expiry"):
                 token = self._token
                 if token is None and not self.strikes:
-                    self.store.client.pexpire(self.names.session, _ms(ttl))
+                    self.store.client.pexpire(self.names.session, scripts.ms(ttl))
                 else:
-                    args = [token or "", _ms(ttl), _flag(self.strikes)]
+                    args = [token or "", scripts.ms(ttl), _flag(self.strikes)]
                     self.store.call(self.store.touch_script, list(self.names), args)
         finally:
             self._released()
@@ -507,7 +443,7 @@ class _RedisEntry(Entry):
             with self.store.errors("recording a failed request"):
                 status = scripts.LOST
                 if token is not None or not self._locked:
-                    args = [token or "", _ms(ttl), self.strikes + 1]
+                    args = [token or "", scripts.ms(ttl), self.strikes + 1]
                     status = int(self.store.call(self.store.strike_script, list(self.names), args))
         finally:
             self._released()
@@ -519,7 +455,7 @@ class _RedisEntry(Entry):
     def delete(self) -> None:
         if self.blob is None:
             return
-        store, names = self.store, self.names
+        store, names, acked = self.store, self.names, None
         try:
             with store.errors("deleting a session"):
                 token = self._token
@@ -530,15 +466,14 @@ class _RedisEntry(Entry):
                     command = ("EVALSHA", store.delete_script.sha, 3, *names, token)
                     script = store.delete_script
                 if store.wait is not None:
-                    acked: int | None = store.replicated(names.session, [command], script)[1]
+                    acked = store.replicated(names.session, [command], script)[1]
                 elif script is None:
                     store.client.delete(names.session, names.strikes)
                 else:
                     store.call(script, list(names), [token])
         finally:
             self._released()
-        if store.wait is not None:
-            store.confirm(self.key, acked, "deleted")
+        store.confirm(self.key, acked, "deleted")
 
     def quarantine(self, ttl: float) -> None:
         if self.blob is None:
@@ -546,7 +481,7 @@ class _RedisEntry(Entry):
         target = self.store.quarantine_key(self.key, self.blob)
         try:
             with self.store.errors("quarantining a session"):
-                keys, args = [*self.names, target], [self._token or b"", self.blob, _ms(ttl)]
+                keys, args = [*self.names, target], [self._token or b"", self.blob, scripts.ms(ttl)]
                 self.store.call(self.store.quarantine_script, keys, args)
         finally:
             self._released()
@@ -556,7 +491,7 @@ class _RedisEntry(Entry):
             return
         target = self.store.quarantine_key(self.key, self.blob)
         with self.store.errors("keeping a copy of a session"):
-            self.store.client.set(target, self.blob, px=_ms(ttl))
+            self.store.client.set(target, self.blob, px=scripts.ms(ttl))
 
     def release(self) -> None:
         """Release the lock if still held; never raises (the lease frees it anyway)."""
