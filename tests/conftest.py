@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -127,3 +129,17 @@ def tmpfs(tmp_path: Path) -> Iterator[Tmpfs]:
         pytest.skip(f"a tmpfs cannot be mounted here ({exc}); FDS_REQUIRE_MOUNT=1 fails instead")
     yield mount
     mount.unmount()
+
+
+@pytest.fixture
+def deployed_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    """A module with a ``Cart`` class, importable from a temporary directory."""
+    name = f"shop_{uuid.uuid4().hex}"
+    code = tmp_path / "code"
+    code.mkdir()
+    source = code / f"{name}.py"
+    source.write_text("class Cart:\n    def __init__(self, items):\n        self.items = items\n")
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    yield name, source
+    sys.modules.pop(name, None)

@@ -612,3 +612,21 @@ class Tmpfs:
         result = subprocess.run(["mount", *argv], capture_output=True, text=True)
         if result.returncode != 0:
             raise MountError(f"mount {' '.join(argv)}: {result.stderr.strip()}")
+
+
+# -- the counter app (tests.apps.counter_app) through the test client -----------------
+
+
+def start(app: Flask) -> str:
+    """Start a counter at 0 and return its session id."""
+    client = app.test_client()
+    assert client.get("/start").status_code == 200
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    return cookie.value
+
+
+def client_for(app: Flask, sid: str) -> Any:
+    client = app.test_client()
+    client.set_cookie("session", sid)
+    return client

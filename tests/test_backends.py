@@ -13,7 +13,7 @@ import logging
 import pickle
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -27,15 +27,14 @@ from flask import Flask, session
 from flask.testing import FlaskClient
 
 from flask_dill_session import ConfigError, DillSessionInterface
-from flask_dill_session.config import Settings
 from flask_dill_session.envelope import Envelope
 from flask_dill_session.session import DillSession
-from flask_dill_session.stores.base import Entry, Store, quarantine_name
+from flask_dill_session.stores.base import Store, quarantine_name
 from flask_dill_session.stores.filesystem import FileSystemStore, last_record
 from flask_dill_session.stores.redis import RedisStore
 
 from .apps.roundtrip_app import KINDS, matches, values
-from .support import Clock, CountingEntry, interface
+from .support import Clock, CountingStore, interface
 
 AppFactory = Callable[..., Flask]
 
@@ -187,30 +186,6 @@ def make_backend(
         "SESSION_DILL_LOCKING": False,
     }
     return Backend(name, config, clock, cache=cache, locking=False)
-
-
-class CountingStore(Store):
-    """Counts the store operations the interface asks for, then does them."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.supports_locking = inner.supports_locking
-        self.calls: Counter[str] = Counter()
-
-    @classmethod
-    def from_config(cls, settings: Settings, config: Mapping[str, Any]) -> Store:
-        raise NotImplementedError("made around a store, not from a config")
-
-    def ops(self) -> Counter[str]:
-        """The calls that reach the store (lock releases left out)."""
-        return self.calls - Counter(release=self.calls["release"])
-
-    def open(self, key: str, *, lock: bool) -> Entry:
-        self.calls["open"] += 1
-        return CountingEntry(self.inner.open(key, lock=lock), self.calls)
-
-    def new(self, key: str) -> Entry:
-        return CountingEntry(self.inner.new(key), self.calls)
 
 
 def build(backend: Backend, make_app: AppFactory, **config: Any) -> Flask:

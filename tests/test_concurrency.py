@@ -32,7 +32,7 @@ from flask_dill_session.stores.base import Entry
 from flask_dill_session.stores.filesystem import FileSystemStore
 
 from .apps.counter_app import COOKIE, create_app
-from .support import ROOT, CountingEntry, gunicorn
+from .support import ROOT, CountingEntry, client_for, gunicorn, start
 
 SECRET = "concurrency-secret"
 
@@ -51,21 +51,6 @@ def session_path(app: Flask, sid: str) -> Path:
     store = interface(app).store
     assert isinstance(store, FileSystemStore)
     return Path(store.path(interface(app).store_key(sid)))
-
-
-def start(app: Flask) -> str:
-    """Start a counter at 0 and return its session id."""
-    client = app.test_client()
-    assert client.get("/start").status_code == 200
-    cookie = client.get_cookie(COOKIE)
-    assert cookie is not None
-    return cookie.value
-
-
-def client_for(app: Flask, sid: str) -> Any:
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
-    return client
 
 
 def lock_is_free(path: Path) -> bool:

@@ -16,8 +16,7 @@ import pickle
 import re
 import sys
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -499,20 +498,6 @@ def test_destroy_is_not_undone_by_a_request_in_flight(
 
 
 # -- code that is gone or not portable -----------------------------------------------------
-
-
-@pytest.fixture
-def deployed_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
-    """A module with a ``Cart`` class, importable from a temporary directory."""
-    name = f"shop_{uuid.uuid4().hex}"
-    code = tmp_path / "code"
-    code.mkdir()
-    source = code / f"{name}.py"
-    source.write_text("class Cart:\n    def __init__(self, items):\n        self.items = items\n")
-    monkeypatch.syspath_prepend(str(code))
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)
-    yield name, source
-    sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("change", ["module removed", "class removed"])

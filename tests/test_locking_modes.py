@@ -31,8 +31,8 @@ from flask_dill_session import (
 from flask_dill_session.stores.filesystem import FileSystemStore
 from flask_dill_session.stores.redis import RedisStore
 
-from .apps.counter_app import COOKIE, create_app
-from .support import CountingStore, count_store_calls, interface
+from .apps.counter_app import create_app
+from .support import CountingStore, client_for, count_store_calls, interface, start
 
 SECRET = "modes-secret"
 
@@ -44,21 +44,6 @@ def config(request: pytest.FixtureRequest, session_dir: Path) -> dict[str, Any]:
         client = request.getfixturevalue("client")
         return {**base, "SESSION_DILL_BACKEND": "redis", "SESSION_REDIS": client}
     return {**base, "SESSION_FILE_DIR": str(session_dir)}
-
-
-def start(app: Flask) -> str:
-    """A counter at 0; its session id."""
-    client = app.test_client()
-    assert client.get("/start").status_code == 200
-    cookie = client.get_cookie(COOKIE)
-    assert cookie is not None
-    return cookie.value
-
-
-def client_for(app: Flask, sid: str) -> Any:
-    client = app.test_client()
-    client.set_cookie(COOKIE, sid)
-    return client
 
 
 @contextmanager

@@ -350,3 +350,28 @@ def test_a_store_without_an_index_refuses_the_user_key() -> None:
     )
     with pytest.raises(ConfigError, match="SESSION_DILL_USER_KEY: the cachelib backend keeps"):
         Session(app)
+
+
+def test_every_command_as_a_real_process(backend_env: dict[str, str], app: Flask) -> None:
+    """Each command once as ``flask --app ... dill-session``, its ``--json`` parsed."""
+    _, kept = login(app, "hal")
+    _, gone = login(app, "hal")
+    key_of = interface(app).store_key
+
+    def run(*args: str, code: int = 0) -> Any:
+        result = flask_cli(backend_env, "tests.apps.ops_app", *args)
+        assert result.returncode == code, result.stderr
+        return json.loads(result.stdout) if code == 0 else result.stderr
+
+    assert run("stats", "--json")["live"] == 2
+    assert {each["user"] for each in run("list", "--user", "hal", "--json")} == {"hal"}
+    shown = run("show", "--json", "--", gone)
+    assert shown["fingerprint"] == fingerprint(key_of(gone))
+    assert run("verify", "--json") == {"outcomes": {"loads": 2}, "problems": []}
+    assert run("quarantine", "list", "--json") == []
+    assert run("quarantine", "purge", "--json") == {"purged": 0}
+    assert "removed" in json.dumps(run("cleanup", "--json"))
+    assert run("revoke", "--user", "hal", "--keep", kept, "--json") == {"revoked": 1}
+    assert "--yes" in run("clear", code=2)
+    assert run("clear", "--yes", "--json")["cleared"] == 1
+    assert run("list", "--json") == []

@@ -10,7 +10,6 @@ import logging
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -264,20 +263,6 @@ def test_an_unusable_blob_sends_quarantined_with_the_logged_reason(
     assert arguments["fingerprint"] == name_of(app, sid) and arguments["copy"] is False
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "flask_dill_session"]
     assert warning.endswith(f"quarantined: {arguments['reason']}") and arguments["reason"]
-
-
-@pytest.fixture
-def deployed_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
-    """A module with a ``Cart`` class, importable from a temporary directory."""
-    name = f"shop_{uuid.uuid4().hex}"
-    code = tmp_path / "code"
-    code.mkdir()
-    source = code / f"{name}.py"
-    source.write_text("class Cart:\n    def __init__(self, items):\n        self.items = items\n")
-    monkeypatch.syspath_prepend(str(code))
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)
-    yield name, source
-    sys.modules.pop(name, None)
 
 
 def test_dropped_keys_send_quarantined_for_the_copy_kept(
