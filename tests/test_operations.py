@@ -352,16 +352,23 @@ def test_a_store_without_an_index_refuses_the_user_key() -> None:
         Session(app)
 
 
-def test_every_command_as_a_real_process(backend_env: dict[str, str], app: Flask) -> None:
-    """Each command once as ``flask --app ... dill-session``, its ``--json`` parsed."""
+@pytest.mark.parametrize("how", ["click-runner", "process"])
+def test_every_command(backend_env: dict[str, str], app: Flask, how: str) -> None:
+    """Each command once through click's runner and once as a real ``flask --app ...
+    dill-session`` process; its ``--json`` parsed, its exit code checked."""
     _, kept = login(app, "hal")
     _, gone = login(app, "hal")
     key_of = interface(app).store_key
 
     def run(*args: str, code: int = 0) -> Any:
-        result = flask_cli(backend_env, "tests.apps.ops_app", *args)
-        assert result.returncode == code, result.stderr
-        return json.loads(result.stdout) if code == 0 else result.stderr
+        if how == "process":
+            result = flask_cli(backend_env, "tests.apps.ops_app", *args)
+            returncode, out, err = result.returncode, result.stdout, result.stderr
+        else:
+            invoked = app.test_cli_runner().invoke(cli_group, list(args))
+            returncode, out, err = invoked.exit_code, invoked.stdout, invoked.output
+        assert returncode == code, err
+        return json.loads(out) if code == 0 else err
 
     assert run("stats", "--json")["live"] == 2
     assert {each["user"] for each in run("list", "--user", "hal", "--json")} == {"hal"}
@@ -370,7 +377,7 @@ def test_every_command_as_a_real_process(backend_env: dict[str, str], app: Flask
     assert run("verify", "--json") == {"outcomes": {"loads": 2}, "problems": []}
     assert run("quarantine", "list", "--json") == []
     assert run("quarantine", "purge", "--json") == {"purged": 0}
-    assert "removed" in json.dumps(run("cleanup", "--json"))
+    assert "removed" in run("cleanup", "--json")
     assert run("revoke", "--user", "hal", "--keep", kept, "--json") == {"revoked": 1}
     assert "--yes" in run("clear", code=2)
     assert run("clear", "--yes", "--json")["cleared"] == 1
