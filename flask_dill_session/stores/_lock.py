@@ -5,14 +5,33 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Any, Protocol
 
+from redis.commands.core import Script
+
+from ..exc import StoreUnavailableError
 from . import _scripts as scripts
 from ._keys import Names
 from ._scripts import count, ms
 
-if TYPE_CHECKING:
-    from .redis import RedisStore
+
+class LockingStore(Protocol):
+    """What the lock needs of the Redis store (which imports this module)."""
+
+    lock_timeout: float
+    lock_lease: float
+    lock_poll: float
+    open_script: Script
+    release_script: Script
+
+    def run(
+        self, script: Script, keys: Sequence[str | bytes], args: list[Any], *, retry: bool
+    ) -> tuple[Any, int | None]: ...
+
+    def call(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any: ...
+
+    def late(self, action: str) -> StoreUnavailableError: ...
 
 
 class SessionLock:
@@ -20,7 +39,7 @@ class SessionLock:
     taken by the script that also reads the session, tried every ``lock_poll`` seconds
     until ``lock_timeout``."""
 
-    def __init__(self, store: RedisStore, key: str, names: Names) -> None:
+    def __init__(self, store: LockingStore, key: str, names: Names) -> None:
         self.store = store
         self.key = key
         self.keys = [name.encode() for name in names]  # bytes: cheaper to send
