@@ -89,7 +89,6 @@ def test_recorded_results_hold_what_the_charts_draw() -> None:
 
 
 def test_plot_draws_the_recorded_results(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     from benchmarks import plot
 
     written = plot.draw(RESULTS, tmp_path)
