@@ -28,10 +28,21 @@ from .support import (
 AppFactory = Callable[..., Flask]
 
 
+#: The subprocesses' warning filters: errors, but for the third-party warnings that
+#: setup.cfg's ``filterwarnings`` ignores, and says why (later filters take precedence).
+SUBPROCESS_WARNINGS = ",".join(
+    [
+        "error",
+        "ignore:datetime.datetime.utcnow() is deprecated:DeprecationWarning:"
+        "flask_login.login_manager",
+    ]
+)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Warnings are errors in the subprocesses the tests start (servers, scripts) too, as
     ``filterwarnings = error`` makes them in this one; an explicit PYTHONWARNINGS wins."""
-    os.environ.setdefault("PYTHONWARNINGS", "error")
+    os.environ.setdefault("PYTHONWARNINGS", SUBPROCESS_WARNINGS)
 
 
 @pytest.fixture
