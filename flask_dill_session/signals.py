@@ -74,6 +74,7 @@ from __future__ import annotations
 from blinker import Namespace
 
 __all__ = [
+    "ALL",
     "lock_timeout",
     "lock_waited",
     "session_created",
@@ -95,3 +96,15 @@ session_quarantined = _signals.signal("session-quarantined", "A blob was quarant
 lock_waited = _signals.signal("lock-waited", "A request waited for its session's lock.")
 lock_timeout = _signals.signal("lock-timeout", "A request gave up waiting for the lock.")
 store_unavailable = _signals.signal("store-unavailable", "The store failed a request.")
+
+#: Every signal of this package, for a receiver that connects to them all.
+ALL = (
+    session_created,
+    session_saved,
+    session_destroyed,
+    session_regenerated,
+    session_quarantined,
+    lock_waited,
+    lock_timeout,
+    store_unavailable,
+)

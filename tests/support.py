@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from flask import Flask
+from flask import Flask, session
 from redis.cluster import RedisCluster
 from redis.sentinel import Sentinel
 
@@ -36,6 +36,8 @@ from flask_dill_session.config import Settings
 from flask_dill_session.stores.base import Entry, Store
 from flask_dill_session.stores.filesystem import FileSystemStore
 from flask_dill_session.stores.redis import RedisStore
+
+from .apps.counter_app import create_app as create_counter_app
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -630,3 +632,19 @@ def client_for(app: Flask, sid: str) -> Any:
     client = app.test_client()
     client.set_cookie("session", sid)
     return client
+
+
+def slow_incr_app(config: Mapping[str, Any]) -> tuple[Flask, threading.Event, threading.Event]:
+    """The counter app with ``/slow-incr``: read, add one, set *loaded*, then wait for
+    *finish* before the response is saved."""
+    app = create_counter_app(config)
+    loaded, finish = threading.Event(), threading.Event()
+
+    @app.route("/slow-incr")
+    def slow_incr() -> str:
+        session["n"] += 1
+        loaded.set()
+        assert finish.wait(20)
+        return str(session["n"])
+
+    return app, loaded, finish

@@ -32,7 +32,7 @@ from flask_dill_session.stores.base import Entry
 from flask_dill_session.stores.filesystem import FileSystemStore
 
 from .apps.counter_app import COOKIE, create_app
-from .support import ROOT, CountingEntry, client_for, gunicorn, start
+from .support import ROOT, CountingEntry, client_for, gunicorn, slow_incr_app, start
 
 SECRET = "concurrency-secret"
 
@@ -169,15 +169,7 @@ class SignallingStore(FileSystemStore):
 def test_a_reader_waiting_on_a_writer_sees_its_change_and_keeps_it(
     config: dict[str, Any], session_dir: Path
 ) -> None:
-    app = create_app(config)
-    loaded, finish = threading.Event(), threading.Event()
-
-    @app.route("/slow-incr")
-    def slow_incr() -> str:
-        session["n"] += 1
-        loaded.set()
-        assert finish.wait(20)
-        return str(session["n"])
+    app, loaded, finish = slow_incr_app(config)
 
     sid = start(app)
     store = SignallingStore(str(session_dir))

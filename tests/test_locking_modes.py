@@ -32,7 +32,14 @@ from flask_dill_session.stores.filesystem import FileSystemStore
 from flask_dill_session.stores.redis import RedisStore
 
 from .apps.counter_app import create_app
-from .support import CountingStore, client_for, count_store_calls, interface, start
+from .support import (
+    CountingStore,
+    client_for,
+    count_store_calls,
+    interface,
+    slow_incr_app,
+    start,
+)
 
 SECRET = "modes-secret"
 
@@ -205,17 +212,8 @@ def test_readonly_survives_other_decorators_and_returns_the_view() -> None:
 def writes_app(config: dict[str, Any]) -> tuple[Flask, threading.Event, threading.Event]:
     """The counter app in "writes" mode, with ``/slow-incr``: read, add one, then wait for
     *finish* (having set *loaded*) before the response is saved."""
-    app = add_views(create_app({**config, "SESSION_DILL_LOCKING": "writes"}))
-    loaded, finish = threading.Event(), threading.Event()
-
-    @app.route("/slow-incr")
-    def slow_incr() -> str:
-        session["n"] += 1
-        loaded.set()
-        assert finish.wait(20)
-        return str(session["n"])
-
-    return app, loaded, finish
+    app, loaded, finish = slow_incr_app({**config, "SESSION_DILL_LOCKING": "writes"})
+    return add_views(app), loaded, finish
 
 
 def in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:

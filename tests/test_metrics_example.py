@@ -23,16 +23,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 PREFIX = "flask_dill_session_"
 #: The lock wait histogram's bucket bounds, as exposed.
 BOUNDS = [*map(str, (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)), "+Inf"]
-ALL = [
-    signals.session_created,
-    signals.session_saved,
-    signals.session_destroyed,
-    signals.session_regenerated,
-    signals.session_quarantined,
-    signals.lock_waited,
-    signals.lock_timeout,
-    signals.store_unavailable,
-]
+ALL = signals.ALL
 
 
 def samples(text: str) -> Samples:

@@ -40,16 +40,7 @@ AppFactory = Callable[..., Flask]
 Events = list[tuple[str, dict[str, Any]]]
 COOKIE = "session"
 
-SIGNALS = [
-    signals.session_created,
-    signals.session_saved,
-    signals.session_destroyed,
-    signals.session_regenerated,
-    signals.session_quarantined,
-    signals.lock_waited,
-    signals.lock_timeout,
-    signals.store_unavailable,
-]
+SIGNALS = signals.ALL
 
 
 @dataclass
