@@ -24,6 +24,24 @@ class DillSession(dict[str, Any], SessionMixin):
     saving). ``accessed`` is set by any use.
     """
 
+    # Per-request state. Flags that a request rarely changes are class defaults: an
+    # instance assigns one only when it changes it (a session is made for every request).
+    modified = False
+    accessed = False
+    created = 0.0
+    entry: Entry | None = None  # the store entry this request holds
+    payload: bytes | None = None  # serialized data as loaded, for change detection
+    reseal = False  # stored under a fallback key: rewrite with the current one
+    foreign = False  # the cookie's session is readable elsewhere only: keep the cookie
+    readonly = False  # used by a view marked readonly: loaded unlocked, never saved
+    saved = False  # save_session has run: a later use is read-only, unlocked
+    after_view = False  # the view has returned: a store failure now answers 503
+    failed = False  # the request ended in an unhandled exception
+    rotated = False  # stored before under another id (regenerate): not created here
+    unavailable: SessionUnavailableError | None = None  # why it could not be used
+    indexed_user: str | None = None  # the user it is indexed under, as loaded
+    retired = False  # its id was replaced by regenerate: served read-only (grace)
+
     def __init__(
         self, sid: str | None, permanent: bool, loader: Callable[[DillSession], None]
     ) -> None:
@@ -31,22 +49,7 @@ class DillSession(dict[str, Any], SessionMixin):
         self._sid = sid
         self.cookie_sid = sid  # the id the request's cookie named, if it was valid
         self.new = sid is None
-        self.modified = False
-        self.accessed = False
-        self.created = 0.0
-        self.entry: Entry | None = None  # the store entry this request holds
-        self.payload: bytes | None = None  # serialized data as loaded, for change detection
-        self.reseal = False  # stored under a fallback key: rewrite with the current one
-        self.foreign = False  # the cookie's session is readable elsewhere only: keep the cookie
         self.stored_permanent = permanent  # the flag as stored, to tell a change of it
-        self.readonly = False  # used by a view marked readonly: loaded unlocked, never saved
-        self.saved = False  # save_session has run: a later use is read-only, unlocked
-        self.after_view = False  # the view has returned: a store failure now answers 503
-        self.failed = False  # the request ended in an unhandled exception
-        self.rotated = False  # stored before under another id (regenerate): not created here
-        self.unavailable: SessionUnavailableError | None = None  # why it could not be used
-        self.indexed_user: str | None = None  # the user it is indexed under, as loaded
-        self.retired = False  # its id was replaced by regenerate: served read-only (grace)
         self._permanent = permanent
         self._loader: Callable[[DillSession], None] | None = loader
 
