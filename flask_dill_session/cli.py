@@ -283,8 +283,7 @@ def _quarantined(handle: str) -> Item:
     raise click.ClickException(f"nothing in quarantine named {handle!r}")
 
 
-def _quarantine_entry(item: Item, inventory: Inventory) -> dict[str, Any]:
-    checked = inventory.check(item)
+def _quarantine_entry(item: Item, checked: Checked) -> dict[str, Any]:
     return {
         "id": item.handle,
         "fingerprint": checked.info.fingerprint,
@@ -301,7 +300,9 @@ def _quarantine_entry(item: Item, inventory: Inventory) -> dict[str, Any]:
 def quarantine_list(as_json: bool) -> None:
     """Every quarantined blob: id, session, size, keep time, whether it loads now."""
     inventory = _inventory()
-    found = [_quarantine_entry(item, inventory) for item in inventory.store.quarantined()]
+    found = [
+        _quarantine_entry(item, inventory.check(item)) for item in inventory.store.quarantined()
+    ]
     lines = [
         f"{each['id']}  {each['fingerprint'] or '-':12}  {each['size']:>8} B"
         f"  until {_when(each['kept_until'])}  {each['outcome']}"
@@ -318,8 +319,8 @@ def quarantine_show(handle: str, as_json: bool) -> None:
     """What a quarantined blob holds, if it authenticates and loads now."""
     inventory = _inventory()
     item = _quarantined(handle)
-    entry = _quarantine_entry(item, inventory)
     checked = inventory.check(item)
+    entry = _quarantine_entry(item, checked)
     entry["keys"] = _contents(checked)
     lines = [f"{entry['id']}: {entry['outcome']} {entry['detail']}".rstrip()]
     lines += [f"  {key!r}: {each['type']} = {each['repr']}" for key, each in entry["keys"].items()]

@@ -18,7 +18,7 @@ from typing import Any
 
 from .codec import Codec, Opened
 from .exc import BadPayloadError, DillSessionError, ForeignPayloadError
-from .names import fingerprint_of
+from .names import fingerprint, fingerprint_of
 from .stores.base import Item, Store
 
 #: What :meth:`Inventory.check` finds of a stored session.
@@ -90,8 +90,6 @@ class Inventory:
 
     def info(self, item: Item, user: str | None = None) -> SessionInfo:
         """What the header of *item* says, authenticated, without unpickling it."""
-        name: str | None = None
-        created: float | None = None
         if item.blob is not None:
             try:
                 sealed = self.codec.envelope.inspect(item.blob)
@@ -99,7 +97,12 @@ class Inventory:
                 pass
             else:
                 assert sealed.address is not None
-                name, created = fingerprint_of(sealed.address), sealed.created
+                return self._info(item, user, fingerprint_of(sealed.address), sealed.created)
+        return self._info(item, user, None, None)
+
+    def _info(
+        self, item: Item, user: str | None, name: str | None, created: float | None
+    ) -> SessionInfo:
         return SessionInfo(
             fingerprint=name,
             handle=item.handle,
@@ -131,19 +134,22 @@ class Inventory:
 
     def check(self, item: Item, key: str | None = None, user: str | None = None) -> Checked:
         """Load *item* (of *user*) with the current code, read-only: nothing is written or
-        locked. With its store *key*, a blob of an earlier format opens too."""
-        info = self.info(item, user)
+        locked. With its store *key*, a blob of an earlier format opens too. The blob is
+        authenticated once, by the load itself."""
         if item.blob is None:
-            return Checked(info, DAMAGED, item.damage or "no intact record")
+            return Checked(self.info(item, user), DAMAGED, item.damage or "no intact record")
         try:
             if key is not None:
                 opened = self.codec.open(key, item.blob)
+                name = fingerprint(key)
             else:
-                opened = self.codec.inspect(item.blob)[1]
+                address, opened = self.codec.inspect(item.blob)
+                name = fingerprint_of(address)
         except ForeignPayloadError as exc:
-            return Checked(info, UNVERIFIED, str(exc))
+            return Checked(self.info(item, user), UNVERIFIED, str(exc))
         except BadPayloadError as exc:
-            return Checked(info, UNLOADABLE, str(exc))
+            return Checked(self.info(item, user), UNLOADABLE, str(exc))
+        info = self._info(item, user, name, opened.meta.created)
         if opened.dropped:
             return Checked(info, DROPS, "", opened.dropped, opened)
         return Checked(info, LOADS, "", {}, opened)
@@ -162,7 +168,7 @@ class Inventory:
         now = self.clock()
         live: list[SessionInfo] = []
         expired = 0
-        for info in self.sessions():
+        for info in map(self.info, self.store.items()):  # no users: the index is not read
             if info.expired:
                 expired += 1
             else:
