@@ -25,7 +25,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
-from ._records import frame, last_record
+from ._records import damage_of, frame, last_record
 from .base import Item, Store
 
 _NAME = re.compile(r"[0-9a-f]{40}")
@@ -244,8 +244,8 @@ def _read_item(name: str, path: str) -> Item | None:
     finally:
         os.close(fd)
     blob, deadline = last_record(data)
-    damage = None if blob is not None else ("empty file" if not data else "no intact record")
-    return Item(name, blob, max(deadline, info.st_mtime), len(data), damage)
+    why = None if blob is not None else damage_of(data, info.st_mtime)
+    return Item(name, blob, max(deadline, info.st_mtime), len(data), why)
 
 
 def _listing(directory: str) -> list[str]:

@@ -9,6 +9,7 @@ record before it. A file is appended to, so its newest records are at its end.
 from __future__ import annotations
 
 import struct
+import time
 import zlib
 
 MAGIC = b"\xfd\x53"  # a data record: the blob
@@ -17,6 +18,7 @@ RECORD = struct.Struct("<2sIId")  # magic, length, crc32(deadline + payload), de
 _COUNT = struct.Struct("<I")  # the payload of a strike record
 _DEADLINE = struct.Struct("<d")
 _HEAD = struct.Struct("<2sI")  # the start of a record: magic, length
+CREATE_GRACE = 10.0  # seconds; an empty file younger than this may be a create in flight
 _STAMPED = RECORD.size - _DEADLINE.size  # where the checksummed bytes of a record begin
 
 
@@ -114,3 +116,13 @@ def _parse_from_start(data: bytes) -> tuple[bytes | None, float, int, int]:
         if strikes < 0 and length == _COUNT.size:
             strikes = _COUNT.unpack_from(data, pos + size)[0]
     return None, 0.0, 0, 0
+
+
+def damage_of(data: bytes, mtime: float) -> str | None:
+    """Why *data*, a file's bytes without an intact record, is no session; ``None`` for an
+    empty file that may be a create in flight (see the filesystem store's docstring)."""
+    if not data:
+        return None if abs(time.time() - mtime) < CREATE_GRACE else "empty file"
+    if data.startswith(MAGIC) or MAGIC.startswith(data):
+        return "torn first record"
+    return "unframed content"

@@ -38,7 +38,7 @@ or compaction removes its file, so a full disk never leaves a half-written sessi
   quarantines such files rather than deleting them.
 - **A create in flight**: a new file is made with ``O_EXCL`` and its creator takes its lock
   before writing its first record, so a reader that waits for the lock sees the record. An
-  empty file whose mtime is within ``_CREATE_GRACE`` seconds of now may still be getting its
+  empty file whose mtime is within ``_records.CREATE_GRACE`` seconds of now may still be getting its
   record (a reader can open it between the create and the lock): it reads as absent and is
   left alone. An older empty file was left by a creator that died, and is ``damage``.
 """
@@ -61,7 +61,7 @@ from typing import Any
 from ..config import DEFAULTS, Settings
 from ..exc import ConfigError, LockTimeoutError, StoreUnavailableError
 from ._fs_ops import FileOperations, quarantine_file_name
-from ._records import MAGIC, RECORD, frame, last_record, parse, strike_frame
+from ._records import RECORD, damage_of, frame, last_record, parse, strike_frame
 from .base import Entry, fingerprint
 
 __all__ = ["FileSystemStore", "frame", "last_record", "strike_frame"]
@@ -75,7 +75,6 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _TMP_SUFFIX = ".tmp"
 _CLEANUP_GRACE = 60.0  # seconds; never reap a file this close to its deadline
 _TOUCH_STEP = 1.0  # seconds; a touch that would move the deadline by less is skipped
-_CREATE_GRACE = 10.0  # seconds; an empty file younger than this may be a create in flight
 
 
 class FileSystemStore(FileOperations):
@@ -212,7 +211,7 @@ class FileSystemStore(FileOperations):
     ) -> Entry:
         """The entry for the bytes *data* read from *fd*, which it then owns."""
         blob, deadline, stop, strikes = parse(data)
-        damage = None if blob is not None else _damage(data, mtime)
+        damage = None if blob is not None else damage_of(data, mtime)
         expired = blob is not None and max(deadline, mtime) <= self.clock()
         if expired or (blob is None and damage is None):
             try:
@@ -269,7 +268,7 @@ class FileSystemStore(FileOperations):
             blob, deadline = last_record(data)
             if not info.st_nlink or max(deadline, info.st_mtime) >= now - _CLEANUP_GRACE:
                 return 0
-            if blob is None and _damage(data, info.st_mtime) is not None:
+            if blob is None and damage_of(data, info.st_mtime) is not None:
                 name = quarantine_file_name("unknown", path, now, secrets.token_hex(4))
                 self.keep(path, name, now + self.quarantine_lifetime)
                 return 0
@@ -518,16 +517,6 @@ def _probe(directory: str) -> None:
     finally:
         os.close(fd)
         _unlink_quietly(path)
-
-
-def _damage(data: bytes, mtime: float) -> str | None:
-    """Why *data*, a file's bytes without an intact record, is no session; ``None`` for an
-    empty file that may be a create in flight (see the module docstring)."""
-    if not data:
-        return None if abs(time.time() - mtime) < _CREATE_GRACE else "empty file"
-    if data.startswith(MAGIC) or MAGIC.startswith(data):
-        return "torn first record"
-    return "unframed content"
 
 
 def _files(directory: str, *, shards: bool) -> Iterator[os.DirEntry[str]]:
