@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import re
@@ -25,13 +24,12 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
-from ._records import damage_of, frame, last_record
-from .base import Item, Store
+from ._records import damage_of, last_record
+from .base import Entry, Item, Store
 
 _NAME = re.compile(r"[0-9a-f]{40}")
 _QUARANTINED = re.compile(r"(?:[0-9a-f]{12}|unknown)\.([0-9a-f]{40})\.\d+\.[0-9a-f]{8}")
 _OPEN = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MARK = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -55,6 +53,11 @@ class FileOperations(Store):
     @abstractmethod
     def errors(self, action: str, path: str | None = None) -> AbstractContextManager[None]:
         """Raise any ``OSError`` as ``StoreUnavailableError``."""
+
+    @abstractmethod
+    def new_at(self, path: str) -> Entry:
+        """An entry that creates the session file *path*, for a session known by its file
+        alone; its write returns ``False`` if the file exists."""
 
     @abstractmethod
     def _lock(self, fd: int) -> float:
@@ -96,12 +99,7 @@ class FileOperations(Store):
         with self.errors("removing a session", path):
             if not os.path.lexists(path):
                 return False
-            try:
-                fd = os.open(mark, _MARK, 0o600)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(mark), mode=0o700, exist_ok=True)
-                fd = os.open(mark, _MARK, 0o600)
-            os.close(fd)
+            _write_marker(mark)
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -138,25 +136,11 @@ class FileOperations(Store):
             raise ValueError(f"not a quarantined file name: {handle!r}")
         source = os.path.join(self.quarantine_dir, handle)
         target = self._named(match.group(1))
-        deadline = self.clock() + ttl
         with self.errors("restoring a session", target):
             if not os.path.exists(source):
                 return False
-            os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-            try:
-                fd = os.open(target, _CREATE, 0o600)
-            except FileExistsError:
+            if not self.new_at(target).write(blob, ttl):  # created as a session's first write
                 return False
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # readers wait for the record (see filesystem)
-                os.write(fd, frame(blob, deadline))
-                os.utime(fd, (deadline, deadline))
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(target)
-                raise
-            finally:
-                os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(source)
             with contextlib.suppress(FileNotFoundError):
@@ -174,19 +158,9 @@ class FileOperations(Store):
         return True
 
     def index(self, user: str, handle: str, deadline: float) -> None:
-        folder = os.path.join(self.directory, "users", _user_hash(user))
-        marker = os.path.join(folder, handle)
+        marker = os.path.join(self.directory, "users", _user_hash(user), handle)
         with self.errors("indexing a session by user", marker):
-            try:
-                fd = os.open(marker, _MARK, 0o600)
-            except FileNotFoundError:
-                os.makedirs(folder, mode=0o700, exist_ok=True)
-                fd = os.open(marker, _MARK, 0o600)
-            try:
-                os.write(fd, user.encode())
-                os.utime(fd, (deadline, deadline))
-            finally:
-                os.close(fd)
+            _write_marker(marker, user.encode(), deadline)
 
     def indexed(self, user: str | None = None) -> Iterator[tuple[str, str]]:
         top = os.path.join(self.directory, "users")
@@ -246,6 +220,22 @@ def _read_item(name: str, path: str) -> Item | None:
     blob, deadline = last_record(data)
     why = None if blob is not None else damage_of(data, info.st_mtime)
     return Item(name, blob, max(deadline, info.st_mtime), len(data), why)
+
+
+def _write_marker(path: str, content: bytes = b"", mtime: float | None = None) -> None:
+    """Write the small file *path* (its directory made if need be), *mtime* its mtime."""
+    try:
+        fd = os.open(path, _MARK, 0o600)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, _MARK, 0o600)
+    try:
+        if content:
+            os.write(fd, content)
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+    finally:
+        os.close(fd)
 
 
 def _listing(directory: str) -> list[str]:

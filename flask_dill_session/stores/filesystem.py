@@ -126,6 +126,10 @@ class FileSystemStore(FileOperations):
     def new(self, key: str) -> Entry:
         return _FileEntry(self, key, self.path(key), None, None, 0, locked=False)
 
+    def new_at(self, path: str) -> Entry:
+        # The key is not known, only the file: it names nothing but quarantine copies.
+        return _FileEntry(self, "", path, None, None, 0, locked=False)
+
     def open(self, key: str, *, lock: bool) -> Entry:
         path = self.path(key)
         waited = 0.0
