@@ -92,6 +92,7 @@ class FileSystemStore(FileOperations):
         quarantine_lifetime: float = DEFAULTS.quarantine_lifetime,
     ) -> None:
         self.directory = os.path.abspath(directory)
+        self._prefix = os.path.join(self.directory, "")  # with its separator, for path()
         self.quarantine_dir = os.path.join(self.directory, "quarantine")
         self.lock_timeout = lock_timeout
         self.fsync = fsync
@@ -121,7 +122,7 @@ class FileSystemStore(FileOperations):
     def path(self, key: str) -> str:
         """The file of *key*: a hash of it, never the key itself."""
         name = hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
-        return os.path.join(self.directory, name[:2], name)
+        return f"{self._prefix}{name[:2]}{os.sep}{name}"
 
     def new(self, key: str) -> Entry:
         return _FileEntry(self, key, self.path(key), None, None, 0, locked=False)
@@ -133,7 +134,7 @@ class FileSystemStore(FileOperations):
     def open(self, key: str, *, lock: bool) -> Entry:
         path = self.path(key)
         waited = 0.0
-        with self.errors("reading a session", path):
+        try:  # not self.errors(): this runs on every request that uses its session
             while True:
                 entry, wait = self._open_once(key, path, lock=lock)
                 waited += wait
@@ -141,6 +142,8 @@ class FileSystemStore(FileOperations):
                     if waited:
                         entry.waited = waited
                     return entry
+        except OSError as exc:
+            raise self.unavailable("reading a session", exc, path) from exc
 
     @contextlib.contextmanager
     def errors(self, action: str, path: str | None = None) -> Iterator[None]:
@@ -226,11 +229,14 @@ class FileSystemStore(FileOperations):
             return self.new(key)
         entry = _FileEntry(self, key, path, fd, blob, len(data), locked=locked)
         entry.expires = max(deadline, mtime)
-        entry.strikes = strikes
+        if strikes:
+            entry.strikes = strikes
         # Bytes after the newest intact record (a torn append), or no record at all: a
         # record appended after them could never be found, so the next write compacts.
-        entry.torn = stop != len(data)
-        entry.damage = damage
+        if stop != len(data):
+            entry.torn = True
+        if damage is not None:
+            entry.damage = damage
         if denied is not None:
             entry.degraded = True
             entry.denied = denied
@@ -328,6 +334,11 @@ class FileSystemStore(FileOperations):
 
 
 class _FileEntry(Entry):
+    # Class defaults: an entry is made on every request, and sets these only when they differ.
+    torn = False  # bytes after the newest intact record: the next write compacts
+    expires = 0.0  # the deadline stored when opened
+    denied: OSError | None = None  # why the file was opened read-only
+
     def __init__(
         self,
         store: FileSystemStore,
@@ -346,15 +357,12 @@ class _FileEntry(Entry):
         self._fd = fd
         self._size = size
         self._locked = locked
-        self.torn = False
-        self.expires = 0.0  # the deadline stored when opened
-        self.denied: OSError | None = None  # why the file was opened read-only
 
     def write(self, blob: bytes, ttl: float) -> bool:
         self._check_writable("writing a session")
         deadline = self.store.clock() + ttl
         record = frame(blob, deadline)
-        with self.store.errors("writing a session", self.path):
+        try:  # as in FileSystemStore.open
             if self._fd is None:
                 return self._create(record, deadline)
             if not self._locked and os.fstat(self._fd).st_nlink == 0:
@@ -363,6 +371,8 @@ class _FileEntry(Entry):
                 return self._compact(record, deadline)
             self._append(self._fd, record)
             self._finish(self._fd, deadline)
+        except OSError as exc:
+            raise self.store.unavailable("writing a session", exc, self.path) from exc
         return True
 
     def touch(self, ttl: float) -> None:
@@ -550,7 +560,10 @@ def _mtime(entry: os.DirEntry[str]) -> float:
 
 def _write_all(fd: int, data: bytes) -> None:
     """Write all of *data*; a short write (disk full, quota, size limit) raises OSError."""
-    view = memoryview(data)
+    written = os.write(fd, data)
+    if written == len(data):  # the common case, in one call
+        return
+    view = memoryview(data)[written:]
     while view:
         written = os.write(fd, view)
         if written == 0:
