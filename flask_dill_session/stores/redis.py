@@ -74,6 +74,7 @@ from ..exc import ConfigError, LockTimeoutError, StoreUnavailableError
 from . import _clients as clients
 from . import _scripts as scripts
 from ._clients import CLIENT_ERRORS, Client, ServerClock, describe
+from ._connections import own_connections
 from ._former import FormerKeys
 from ._keys import KeyNames, Names
 from ._lock import SessionLock
@@ -146,6 +147,7 @@ class RedisStore(RedisOperations):
         self.quarantine_script = client.register_script(scripts.QUARANTINE)
         self.release_script = client.register_script(scripts.RELEASE)
         self.former = FormerKeys(client, self.names)
+        self._scripts = own_connections(client)
 
     @classmethod
     def from_config(cls, settings: Settings, config: Mapping[str, Any]) -> RedisStore:
@@ -273,7 +275,10 @@ class RedisStore(RedisOperations):
         return reply, acked
 
     def call(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
-        """:func:`._clients.run_script` on this store's client."""
+        """Run *script*: on the store's own connections (:mod:`._connections`), or through a
+        cluster client (:func:`._clients.run_script`)."""
+        if self._scripts is not None:
+            return self._scripts.evalsha(script, keys, args)
         return clients.run_script(self.client, script, keys, args)
 
     def replicated(
