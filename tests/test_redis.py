@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.cookies
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,7 +21,9 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask, session
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 
 from flask_dill_session import ConfigError, DillSessionInterface
 from flask_dill_session.exc import StoreUnavailableError
@@ -145,6 +148,93 @@ def test_round_trips_per_request(
     # An unknown id: one read, one look under its former key, then a new session.
     assert cost("/count", unknown)[0] == 3
     assert client.keys("lock:*") == []
+
+
+# -- the store's own connections -------------------------------------------------------------
+
+
+def _connected_clients(client: redis.Redis) -> int:
+    return len(client.client_list(_type="normal"))
+
+
+def test_connections_closed_by_the_server_while_idle_are_replaced_unnoticed(
+    client: redis.Redis, make_app: AppFactory
+) -> None:
+    """Found before use, as the client's own pool finds them: even a client that never
+    retries a command answers without a 503."""
+    never_retries = redis.Redis(
+        port=client.get_connection_kwargs()["port"], retry=Retry(NoBackoff(), 0)
+    )
+    app = counter_app(make_app, never_retries)
+    browser = app.test_client()
+    assert browser.get("/count").text == "1"
+    assert client.client_kill_filter(_type="normal", skipme=True) >= 1  # the app's, all
+    assert browser.get("/count").text == "2"  # locked, read and written anew, no 503
+    assert browser.get("/count").text == "3"
+    assert client.keys("lock:*") == []
+
+
+def test_a_script_flushed_from_the_server_is_loaded_again(
+    client: redis.Redis, make_app: AppFactory
+) -> None:
+    app = counter_app(make_app, client)
+    browser = app.test_client()
+    assert browser.get("/count").text == "1"
+    client.script_flush()
+    assert browser.get("/count").text == "2"
+    assert browser.get("/count").text == "3"
+
+
+def test_a_forked_child_uses_connections_of_its_own(
+    private_redis: RedisServer, make_app: AppFactory
+) -> None:
+    """Parent and child sharing a socket would read each other's replies; the child makes
+    a connection of its own for its first request."""
+    app = counter_app(make_app, redis.Redis(port=private_redis.port))
+    browser = app.test_client()
+    assert browser.get("/count").text == "1"  # the parent has connected
+    pid = os.fork()
+    if pid == 0:  # the child reports through its exit status
+        code = 1
+        try:
+            checker = redis.Redis(port=private_redis.port)
+            before = _connected_clients(checker)
+            answers = [browser.get("/count").text for _ in range(5)]
+            added = _connected_clients(checker) - before
+            code = 0 if (answers, added) == (["2", "3", "4", "5", "6"], 1) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [browser.get("/count").text for _ in range(3)] == ["7", "8", "9"]
+
+
+def test_the_store_keeps_as_many_connections_as_requests_ran_at_once(
+    private_redis: RedisServer, make_app: AppFactory
+) -> None:
+    checker = redis.Redis(port=private_redis.port)
+    app = counter_app(make_app, redis.Redis(port=private_redis.port))
+    browsers = [app.test_client() for _ in range(4)]
+    for _ in range(10):  # one at a time: one connection serves them all
+        for browser in browsers:
+            assert browser.get("/count").status_code == 200
+    alone = _connected_clients(checker)  # the checker's, the client pool's, the store's
+    assert alone <= 3
+    barrier = threading.Barrier(4)
+
+    def burst(browser: Any) -> None:
+        barrier.wait()
+        for _ in range(20):
+            assert browser.get("/count").status_code == 200
+
+    threads = [threading.Thread(target=burst, args=(each,)) for each in browsers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert alone <= _connected_clients(checker) <= alone + 3  # at most one per request
+    assert [int(browser.get("/get").text) for browser in browsers] == [30] * 4
+    checker.close()
 
 
 # -- locks ---------------------------------------------------------------------------------

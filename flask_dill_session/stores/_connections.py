@@ -1,15 +1,15 @@
-"""The Redis store's scripts, sent on connections of its own instead of through the client.
+"""The Redis store's commands, sent on connections of its own instead of through the client.
 
 A command through ``redis.Redis`` checks a connection out of the pool and back in, with the
 pool's lock, events and metrics: that costs more CPU than packing the command and reading
 its reply (measured: about 85 µs against 60 µs of a process's CPU per ``EVALSHA`` on
-loopback). A request that uses its session sends two scripts, so the store keeps a few
+loopback). A request that uses its session sends two commands, so the store keeps a few
 connections of its own, made by the client's pool (so with its host, credentials, TLS,
-protocol and Sentinel's master lookup), and sends each script with the connection's own
+protocol and Sentinel's master lookup), and sends each command with the connection's own
 ``send_command`` / ``read_response`` and its retry policy. There are as many as requests
 ran at once; they never hold a connection of the client's pool, and they are dropped in a
-forked child. A cluster client routes every key to its node itself: its scripts go
-through the client (:func:`._clients.run_script`).
+forked child. A cluster client routes every key to its node itself: its commands go
+through the client.
 """
 
 from __future__ import annotations
@@ -24,39 +24,50 @@ from redis.commands.core import Script
 from ._clients import Client, is_cluster
 
 
-def own_connections(client: Client) -> ScriptConnections | None:
-    """Script connections for *client*'s pool; ``None`` for a cluster client, or a client
-    with no pool that makes connections (its scripts go through the client)."""
+def own_connections(client: Client) -> Connections | None:
+    """Connections of the store's own for *client*'s pool; ``None`` for a cluster client, or
+    a client with no pool that makes connections (its commands go through the client)."""
     pool = getattr(client, "connection_pool", None)
     if is_cluster(client) or not callable(getattr(pool, "make_connection", None)):
         return None
-    return ScriptConnections(pool)
+    return Connections(pool)
 
 
-class ScriptConnections:
-    """Runs scripts on connections made by a client's connection *pool*."""
+class Connections:
+    """Sends commands on connections made by a client's connection *pool*; replies are
+    as Redis sent them (no response callbacks: ``SET`` answers ``b"OK"`` or ``None``)."""
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
         self._idle: list[Any] = []  # list.pop and list.append are atomic: no lock needed
         self._pid = os.getpid()
 
-    def evalsha(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """``EVALSHA`` *script*; a server that does not know it loads it first."""
+    def execute(self, *command: Any) -> Any:
+        """Send *command*, return its reply."""
         connection = self._take()
         try:
-            try:
-                return _call(connection, "EVALSHA", script.sha, len(keys), *keys, *args)
-            except redis.exceptions.NoScriptError:
-                _call(connection, "SCRIPT", "LOAD", script.script)
-            return _call(connection, "EVALSHA", script.sha, len(keys), *keys, *args)
-        except redis.exceptions.ResponseError:
-            raise  # an error reply, read whole: the connection is in order
-        except BaseException:
-            connection.disconnect()  # a reply may be half read: start afresh next time
+            return _call(connection, command)
+        except BaseException as exc:
+            _settle(connection, exc)
             raise
         finally:
             self._idle.append(connection)  # kept even when disconnected: it reconnects
+
+    def evalsha(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """``EVALSHA`` *script*; a server that does not know it loads it first."""
+        connection = self._take()
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            try:
+                return _call(connection, command)
+            except redis.exceptions.NoScriptError:
+                _call(connection, ("SCRIPT", "LOAD", script.script))
+            return _call(connection, command)
+        except BaseException as exc:
+            _settle(connection, exc)
+            raise
+        finally:
+            self._idle.append(connection)
 
     def _take(self) -> Any:
         if os.getpid() != self._pid:  # a forked child: the parent's sockets are not ours
@@ -74,7 +85,7 @@ class ScriptConnections:
         return connection
 
 
-def _call(connection: Any, *command: Any) -> Any:
+def _call(connection: Any, command: tuple[Any, ...]) -> Any:
     """Send *command* and read its reply, with the connection's retry policy (as the client
     would: a connection error disconnects, and the command is sent again)."""
 
@@ -84,3 +95,10 @@ def _call(connection: Any, *command: Any) -> Any:
         return connection.read_response()
 
     return connection.retry.call_with_retry(send, lambda _error: connection.disconnect())
+
+
+def _settle(connection: Any, exc: BaseException) -> None:
+    """After *exc*: an error reply was read whole and leaves the connection in order; any
+    other failure may leave a reply half read, so the connection starts afresh."""
+    if not isinstance(exc, redis.exceptions.ResponseError):
+        connection.disconnect()
