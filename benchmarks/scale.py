@@ -103,7 +103,8 @@ def cleanup(directory: Path) -> Cleanup:
     _, _, idle = _child(directory, "idle")
     seconds, output, peak = _child(directory, "run")
     remaining = sum(len(os.listdir(shard)) for shard in directory.iterdir() if shard.is_dir())
-    return Cleanup(seconds, output, peak, idle, remaining)
+    summary = output.splitlines()[0] if output else ""  # not the report by kind and place
+    return Cleanup(seconds, summary, peak, idle, remaining)
 
 
 def delete_reference(directory: Path, count: int) -> float:
