@@ -7,7 +7,9 @@ import contextlib
 import http.cookies
 import logging
 import os
+import secrets
 import signal
+import socket
 import sys
 import threading
 import time
@@ -207,6 +209,79 @@ def test_a_forked_child_uses_connections_of_its_own(
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert [browser.get("/count").text for _ in range(3)] == ["7", "8", "9"]
+
+
+class _Refuser:
+    """A listener on *port* that accepts each connection and closes it at once: a Redis
+    that answers nothing. Counts the connections it was offered."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                self.accepted += 1
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(5)
+
+
+def test_an_outage_costs_the_connection_attempts_of_the_clients_policy_not_more(
+    private_redis: RedisServer, make_app: AppFactory
+) -> None:
+    """A request on a dead Redis tries to connect as often as the client's retry policy
+    says (as the client's own commands do), never that many times per retry."""
+    retries = 2
+    client = redis.Redis(
+        port=private_redis.port, socket_timeout=1, retry=Retry(NoBackoff(), retries)
+    )
+    app = counter_app(make_app, client)
+    browser = app.test_client()
+    assert browser.get("/count").text == "1"  # an idle connection, then the server dies
+    private_redis.stop()
+    refuser = _Refuser(private_redis.port)
+    try:
+        assert browser.get("/count").status_code == 503
+    finally:
+        refuser.close()
+    assert 1 <= refuser.accepted <= retries + 1
+
+
+def test_the_store_leaves_the_pools_max_connections_to_the_app(
+    client: redis.Redis, make_app: AppFactory
+) -> None:
+    """A pool of one connection: the app's own command in the view still gets it."""
+    pool = redis.ConnectionPool(port=client.get_connection_kwargs()["port"], max_connections=1)
+    app = counter_app(make_app, redis.Redis(connection_pool=pool))
+    key = f"hits:{secrets.token_hex(4)}"
+
+    @app.route("/hit")
+    def hit() -> str:
+        session["x"] = session.get("x", 0) + 1
+        return str(app.config["SESSION_REDIS"].incr(key))
+
+    browser = app.test_client()
+    assert [browser.get("/hit").text for _ in range(3)] == ["1", "2", "3"]
+    assert browser.get("/get").text == "3"
+    client.delete(key)
+
+
+def test_a_resp3_client_goes_through_the_client(client: redis.Redis, make_app: AppFactory) -> None:
+    """Its pool may follow maintenance notifications, which only its own connections see."""
+    resp3 = redis.Redis(port=client.get_connection_kwargs()["port"], protocol=3)
+    for locking in (True, False):
+        app = counter_app(make_app, resp3, SESSION_DILL_LOCKING=locking)
+        browser = app.test_client()
+        assert [browser.get("/count").text for _ in range(3)] == ["1", "2", "3"]
+        assert browser.get("/get").text == "3"  # read, unchanged: a touch
+    assert client.keys("lock:*") == []
 
 
 def test_the_store_keeps_as_many_connections_as_requests_ran_at_once(

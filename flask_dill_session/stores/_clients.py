@@ -98,7 +98,8 @@ def describe(client: Client) -> str:
 
 def _place(kwargs: dict[str, Any]) -> str:
     path = kwargs.get("path")
-    return str(path) if path else f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+    # redis-py's defaults where the client was given none (a pool made with a port only)
+    return str(path) if path else f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
 
 def socket_timeout(client: Client) -> float | None:

@@ -219,7 +219,8 @@ class RedisStore(RedisOperations):
     def _open(self, key: str, names: Names, lock: bool, *, look_elsewhere: bool) -> Entry:
         if not lock:
             with self.errors("reading a session"):  # MGET reads a key of another type as nil
-                value, stored = self.send("MGET", names.session, names.strikes)
+                keys = (names.session, names.strikes)
+                value, stored = self.send("MGET", *keys, keys=keys)
             if isinstance(value, bytes):
                 return _RedisEntry(self, key, names, value, None, scripts.count(stored))
         else:
@@ -284,13 +285,14 @@ class RedisStore(RedisOperations):
             return self._own.evalsha(script, keys, args)
         return clients.run_script(self.client, script, keys, args)
 
-    def send(self, *command: Any) -> Any:
-        """Send one command on the store's own connections, or through a cluster client
-        (which routes it by its keys). Callers use the reply's truth or items only: the
-        client may have turned ``b"OK"`` into ``True``."""
+    def send(self, *command: Any, keys: Sequence[str]) -> Any:
+        """Send one command on the store's own connections, or through the client, told its
+        *keys* as redis-py's own methods tell it (a cluster routes by them, a cache keys its
+        replies by them). Callers use the reply's truth or items only: the client may have
+        turned ``b"OK"`` into ``True``."""
         if self._own is not None:
             return self._own.execute(*command)
-        return self.client.execute_command(*command)  # type: ignore[no-untyped-call]
+        return self.client.execute_command(*command, keys=keys)  # type: ignore[no-untyped-call]
 
     def replicated(
         self, name: str | bytes, commands: Sequence[tuple[Any, ...]], script: Script | None = None
@@ -426,7 +428,7 @@ class _RedisEntry(Entry):
             replies, acked = store.replicated(name, commands)
             done = replies[0]
         elif not self.strikes:
-            done = store.send("SET", name, blob, "NX" if create else "XX", "PX", ms)
+            done = store.send("SET", name, blob, "NX" if create else "XX", "PX", ms, keys=[name])
         else:
             pipe = store.client.pipeline(transaction=False)
             pipe.set(name, blob, px=ms, nx=create, xx=not create)
@@ -441,7 +443,8 @@ class _RedisEntry(Entry):
             with self.store.errors("refreshing a session's expiry"):
                 token = self._token
                 if token is None and not self.strikes:
-                    self.store.send("PEXPIRE", self.names.session, scripts.ms(ttl))
+                    name = self.names.session
+                    self.store.send("PEXPIRE", name, scripts.ms(ttl), keys=[name])
                 else:
                     args = [token or "", scripts.ms(ttl), _flag(self.strikes)]
                     self.store.call(self.store.touch_script, list(self.names), args)
