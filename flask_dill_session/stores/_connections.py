@@ -63,20 +63,14 @@ class Connections:
             self._idle.append(connection)  # kept even when disconnected: it reconnects
 
     def evalsha(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """``EVALSHA`` *script*; a server that does not know it loads it first."""
-        connection = self._take()
+        """``EVALSHA`` *script*; a server that does not know it loads it first (scripts are
+        the server's, whichever connection loads them)."""
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            try:
-                return _call(connection, command)
-            except redis.exceptions.NoScriptError:
-                _call(connection, ("SCRIPT", "LOAD", script.script))
-            return _call(connection, command)
-        except BaseException as exc:
-            _settle(connection, exc)
-            raise
-        finally:
-            self._idle.append(connection)
+            return self.execute(*command)
+        except redis.exceptions.NoScriptError:
+            self.execute("SCRIPT", "LOAD", script.script)
+        return self.execute(*command)
 
     def _take(self) -> Any:
         if os.getpid() != self._pid:  # a forked child: the parent's sockets are not ours

@@ -58,8 +58,9 @@ as HTTP 503. Give the client ``socket_timeout`` and ``socket_connect_timeout``.
 Deadlines (:class:`~._clients.ServerClock`): the lock-and-read and the write scripts carry
 the instant the client gives up, in the server's clock; past it, they do nothing.
 
-A request's commands go on connections of the store's own, made by the client's pool
-(:mod:`._connections`): redis-py's way through the client costs more CPU than the command.
+A request's commands go on connections of the store's own, made with the client pool's
+connection class and settings (:mod:`._connections`): redis-py's way through the client
+costs more CPU than the command.
 """
 
 from __future__ import annotations
