@@ -147,7 +147,8 @@ class FileSystemStore(FileOperations):
 
     @contextlib.contextmanager
     def errors(self, action: str, path: str | None = None) -> Iterator[None]:
-        """Raise any ``OSError`` as :class:`StoreUnavailableError` (the one place it is)."""
+        """Raise any ``OSError`` as :class:`StoreUnavailableError`, made by :meth:`unavailable`
+        (which :meth:`open` and a write call themselves, with no generator on their path)."""
         try:
             yield
         except OSError as exc:
