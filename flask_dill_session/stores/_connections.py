@@ -16,7 +16,9 @@ through the client.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +52,10 @@ class Connections:
         self._pool = pool
         self._idle: list[Any] = []  # list.pop and list.append are atomic: no lock needed
         self._pid = os.getpid()
+        # Disconnect them when the store goes. As garbage of a reference cycle (an app is
+        # one) a connection's own __del__ may run after its socket's, which then warns that
+        # it was never closed; the finalizer holds them, so they are closed first.
+        weakref.finalize(self, _disconnect_all, self._idle)
 
     def execute(self, *command: Any) -> Any:
         """Send *command*, return its reply."""
@@ -74,7 +80,8 @@ class Connections:
 
     def _take(self) -> Any:
         if os.getpid() != self._pid:  # a forked child: the parent's sockets are not ours
-            self._idle, self._pid = [], os.getpid()
+            self._idle.clear()
+            self._pid = os.getpid()
         try:
             connection = self._idle.pop()
         except IndexError:
@@ -111,6 +118,13 @@ def _stale(connection: Any) -> bool:
         return bool(connection.can_read())
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
         return True
+
+
+def _disconnect_all(connections: list[Any]) -> None:
+    for connection in connections:
+        with contextlib.suppress(Exception):
+            connection.disconnect()
+    connections.clear()
 
 
 def _settle(connection: Any, exc: BaseException) -> None:
