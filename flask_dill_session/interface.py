@@ -22,7 +22,7 @@ from blinker import Signal
 from flask import Flask, Request, Response, after_this_request, current_app
 from flask.globals import request_ctx
 from flask.sessions import SessionInterface, SessionMixin
-from werkzeug.http import dump_cookie
+from werkzeug.http import dump_cookie, parse_cookie
 
 from .codec import Codec, Meta, Opened
 from .config import DEFAULTS, Settings
@@ -143,7 +143,9 @@ class DillSessionInterface(SessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> DillSession:
         """No I/O: remember the cookie's id; the store is read on first use."""
-        sid = request.cookies.get(self.get_cookie_name(app))
+        # werkzeug's own parse of the Cookie header, read from the environ: request.cookies
+        # would first find that header by walking every header of the request.
+        sid = parse_cookie(request.environ).get(self.get_cookie_name(app))
         if not self.is_valid_sid(sid):
             sid = None
         after_this_request(_after_view)  # runs first of the response's hooks

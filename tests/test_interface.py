@@ -17,7 +17,7 @@ from typing import Any
 import flask_session
 import pytest
 from cachelib import FileSystemCache
-from flask import Flask, session
+from flask import Flask, request, session
 from flask.sessions import SessionInterface
 from werkzeug.test import TestResponse
 
@@ -208,6 +208,24 @@ def test_a_malformed_sid_is_never_used(app: Flask, session_dir: Path, bad: str) 
     sid = session_cookie(response).value
     assert sid != bad
     assert files(session_dir) == [stored_path(app, sid)]
+
+
+def test_the_session_cookie_is_found_among_others_as_flask_finds_it(app: Flask) -> None:
+    @app.route("/seen")
+    def seen() -> str:
+        return request.cookies.get("session", "")
+
+    sid = session_cookie(app.test_client().get("/set/user/alice")).value
+    other = session_cookie(app.test_client().get("/set/user/bob")).value
+    client = app.test_client(use_cookies=False)  # the header below is the whole Cookie
+    for header in (
+        f'theme="dark; wide"; session={sid}; lang=en',
+        f"session={sid}; session={other}",  # the first of two, as request.cookies takes
+        f"lang=en;session={sid}",
+    ):
+        response = client.get("/get/user", headers={"Cookie": header})
+        assert response.text == "alice", header
+        assert client.get("/seen", headers={"Cookie": header}).text == sid
 
 
 def test_reading_with_an_unknown_sid_creates_nothing(app: Flask, session_dir: Path) -> None:
