@@ -8,11 +8,13 @@ digits, names a session in log lines, the command line and quarantine.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 ADDRESS_SIZE = 16
 
 
+@functools.lru_cache(maxsize=1024)  # a request asks twice: opening and sealing its session
 def address(key: str) -> bytes:
     """The address of the store key *key*."""
     return hashlib.sha256(key.encode()).digest()[:ADDRESS_SIZE]
