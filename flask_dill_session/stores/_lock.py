@@ -42,7 +42,7 @@ class SessionLock:
     def __init__(self, store: LockingStore, key: str, names: Names) -> None:
         self.store = store
         self.key = key
-        self.keys = [name.encode() for name in names]  # bytes: cheaper to send
+        self.keys = list(names)  # str: encoded as the client encodes every key
         self.blob: bytes | None = None
         self.strikes = 0
         self.token: bytes | None = None  # set while held
