@@ -23,12 +23,15 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask, session
+from redis._parsers.encoders import Encoder
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.connection import PythonRespSerializer
 from redis.retry import Retry
 
 from flask_dill_session import ConfigError, DillSessionInterface
 from flask_dill_session.exc import StoreUnavailableError
+from flask_dill_session.stores._connections import packed
 from flask_dill_session.stores._keys import KeyNames
 from flask_dill_session.stores.base import fingerprint
 from flask_dill_session.stores.redis import RedisStore
@@ -282,6 +285,53 @@ def test_a_resp3_client_goes_through_the_client(client: redis.Redis, make_app: A
         assert [browser.get("/count").text for _ in range(3)] == ["1", "2", "3"]
         assert browser.get("/get").text == "3"  # read, unchanged: a touch
     assert client.keys("lock:*") == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("GET", "session:{abc}"),
+        ("EVALSHA", "a" * 40, 3, "k1", "k2", "k3", "token", 60000, 1764000000000, 0.5, -1),
+        ("SET", "sessi\u00f3n:{x}", b"\x00\r\n" * 5000, "XX", "PX", 10),  # over redis-py's cutoff
+        ("ECHO", b"", ""),
+    ],
+    ids=["get", "evalsha", "large-unicode", "empty"],
+)
+def test_commands_are_packed_as_redis_py_packs_them(command: tuple[Any, ...]) -> None:
+    assert packed(command) == _packed_by_redis_py(command)
+    assert packed(command, "latin-1") == _packed_by_redis_py(command, "latin-1")
+
+
+@pytest.mark.parametrize("argument", [True, None, 1j, ["a"]])
+def test_what_redis_py_refuses_to_send_is_refused(argument: object) -> None:
+    with pytest.raises(redis.exceptions.DataError):
+        packed(("SET", "k", argument))
+    with pytest.raises(redis.exceptions.DataError):
+        _packed_by_redis_py(("SET", "k", argument))
+
+
+def _packed_by_redis_py(command: tuple[Any, ...], encoding: str = "utf-8") -> bytes:
+    """What redis-py's Python packer (used without hiredis) sends for *command*."""
+    encoder = Encoder(encoding, "strict", False)  # type: ignore[no-untyped-call]
+    packer = PythonRespSerializer(6000, encoder.encode)
+    return b"".join(packer.pack(*command))  # type: ignore[no-untyped-call]
+
+
+def test_keys_are_sent_in_the_client_encoding(client: redis.Redis, make_app: AppFactory) -> None:
+    """Keys are encoded as the client encodes them, by the store's own connections and by
+    its scripts' callers alike: the client finds them, and so does the session listing."""
+    port = client.get_connection_kwargs()["port"]
+    latin = redis.Redis(port=port, encoding="latin-1")
+    for locking in (True, False):
+        prefix = f"sessi\u00f3n-{locking}:"
+        app = counter_app(make_app, latin, SESSION_KEY_PREFIX=prefix, SESSION_DILL_LOCKING=locking)
+        browser = app.test_client()
+        assert [browser.get("/count").text for _ in range(3)] == ["1", "2", "3"]
+        assert len(latin.keys(prefix + "*")) == 1
+        assert client.keys(prefix.encode("latin-1") + b"*") == latin.keys(prefix + "*")
+        with app.app_context():
+            listed = list(app_interface(app).inventory(app).sessions())
+        assert len(listed) == 1
 
 
 def test_the_store_keeps_as_many_connections_as_requests_ran_at_once(

@@ -6,12 +6,16 @@ its reply (measured: about 85 µs against 64 µs of a process's CPU per ``EVALSH
 loopback). A request that uses its session sends two commands, so the store keeps a few
 connections of its own, made with the pool's connection class and settings (so with its
 host, credentials, TLS, protocol and Sentinel's master lookup), and sends each command with
-the connection's own ``send_command`` / ``read_response`` and its retry policy. There are
+the connection's ``read_response`` and its retry policy. There are
 as many as requests ran at once; the pool neither counts nor holds them (its
 ``max_connections`` is left to the app's own commands), and a forked child drops them. A
 cluster client routes every key to its node itself, and a pool whose connections cache
 replies or follow maintenance notifications gives them more to do: their commands go
 through the client.
+
+Commands are packed here (:func:`packed`) unless redis-py packs them in C (``hiredis``) or
+the pool names a packer of its own: redis-py's Python packer joins the whole command again
+for each argument, which costs a request about 7 µs of CPU for its two commands.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import redis.exceptions
 from redis.commands.core import Script
+from redis.utils import HIREDIS_AVAILABLE
 
 from ._clients import Client, is_cluster
 
@@ -50,6 +55,12 @@ class Connections:
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool
+        settings = pool.connection_kwargs
+        self._encoding: tuple[str, str] | None = (
+            (settings.get("encoding", "utf-8"), settings.get("encoding_errors", "strict"))
+            if not HIREDIS_AVAILABLE and settings.get("command_packer") is None
+            else None  # the connection's own packer
+        )
         self._idle: list[Any] = []  # list.pop and list.append are atomic: no lock needed
         self._pid = os.getpid()
         # Disconnect them when the store goes. As garbage of a reference cycle (an app is
@@ -61,7 +72,7 @@ class Connections:
         """Send *command*, return its reply."""
         connection = self._take()
         try:
-            return _call(connection, command)
+            return _call(connection, command, self._encoding)
         except BaseException as exc:
             _settle(connection, exc)
             raise
@@ -91,18 +102,40 @@ class Connections:
         return connection
 
 
-def _call(connection: Any, command: tuple[Any, ...]) -> Any:
+def _call(connection: Any, command: tuple[Any, ...], encoding: tuple[str, str] | None) -> Any:
     """Send *command* and read its reply as the client would: connect first if need be
     (Sentinel's connections ask for the master), then send with the connection's retry
-    policy (a connection error disconnects, and the command is sent again)."""
+    policy (a connection error disconnects, and the command is sent again). Strings are
+    packed in *encoding* (name, errors); ``None``: by the connection's own packer."""
     if not _connected(connection):
         connection.connect()
+    data = None if encoding is None else packed(command, *encoding)
 
     def send() -> Any:
-        connection.send_command(*command)
+        if data is None:
+            connection.send_command(*command)
+        else:
+            connection.send_packed_command([data])
         return connection.read_response()
 
     return connection.retry.call_with_retry(send, lambda _error: connection.disconnect())
+
+
+def packed(command: Sequence[Any], encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """*command* in the Redis protocol: an array of bulk strings, each argument's bytes as
+    redis-py encodes them (bytes as they are, strings in *encoding*, numbers by ``repr``)."""
+    parts = [b"*%d\r\n" % len(command)]
+    for argument in command:
+        if isinstance(argument, str):
+            data = argument.encode(encoding, errors)
+        elif isinstance(argument, bytes):
+            data = argument
+        elif isinstance(argument, (int, float)) and not isinstance(argument, bool):
+            data = repr(argument).encode()
+        else:
+            raise redis.exceptions.DataError(f"cannot send a {type(argument).__name__}")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 def _connected(connection: Any) -> bool:
