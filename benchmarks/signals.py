@@ -25,7 +25,7 @@ from flask import Flask
 from flask.ctx import RequestContext
 
 from flask_dill_session import signals
-from flask_dill_session.interface import _send  # how the interface sends a signal
+from flask_dill_session.incidents import send  # how the interface sends a signal
 from flask_dill_session.names import fingerprint
 
 from .harness import Case, Samples, interleave
@@ -103,7 +103,7 @@ def send_cost(number: int = 200_000) -> float:
         pass
 
     def once() -> None:
-        _send(signals.session_saved, fingerprint=fingerprint(key), written=True, size=100)
+        send(signals.session_saved, fingerprint=fingerprint(key), written=True, size=100)
 
     with app.app_context(), signals.session_saved.connected_to(receiver, sender=app):
         return min(timeit.repeat(once, number=number)) / number

@@ -9,7 +9,6 @@ session first (``SESSION_DILL_LOCKING = "writes"``) is answered 409.
 
 from __future__ import annotations
 
-import logging
 import re
 import secrets
 import time
@@ -18,7 +17,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from blinker import Signal
 from flask import Flask, Request, Response, after_this_request, current_app
 from flask.globals import request_ctx
 from flask.sessions import SessionInterface, SessionMixin
@@ -29,29 +27,23 @@ from .config import DEFAULTS, Settings
 from .exc import (
     BadPayloadError,
     ForeignPayloadError,
-    LockTimeoutError,
     ReadOnlySessionError,
     SessionConflictError,
     SessionUnavailableError,
 )
+from .incidents import Incidents, logger, send
 from .inventory import Inventory, SessionInfo
 from .session import DillSession
 from .signals import (
-    lock_timeout,
     lock_waited,
     session_created,
     session_destroyed,
-    session_quarantined,
     session_regenerated,
     session_saved,
-    store_unavailable,
 )
 from .stores.base import Entry, Store, fingerprint
 
-logger = logging.getLogger("flask_dill_session")
-
 _SID_CHARSET = re.compile(r"[A-Za-z0-9_-]+")
-_DEGRADED_LOG_EVERY = 60.0  # seconds between "serving reads only" warnings
 _COOKIE_HEADERS_KEPT = 4096  # Set-Cookie headers remembered, for requests within a second
 _RETIRED_KEPT = 3600.0  # seconds an id replaced by regenerate is remembered, to log its use
 _READONLY = "_dill_session_readonly"  # set on a view function by readonly()
@@ -94,9 +86,7 @@ class DillSessionInterface(SessionInterface):
         self.lock_writes = settings.locking == "writes" and store.supports_locking
         self.clock = clock
         self._sid_chars = len(secrets.token_urlsafe(settings.sid_length))
-        self._foreign_logged: set[str] = set()
-        self._readonly_logged: set[str] = set()
-        self._degraded_logged = -_DEGRADED_LOG_EVERY
+        self.incidents = Incidents(settings.quarantine_lifetime)
         self._cookie_headers: dict[tuple[object, ...], str] = {}
 
     # -- hooks -----------------------------------------------------------------
@@ -166,7 +156,7 @@ class DillSessionInterface(SessionInterface):
             else:
                 self._save(app, session, response)
         except SessionUnavailableError as exc:
-            self._report(exc, session, saving=True)
+            self.incidents.unavailable(exc, self._name(session), saving=True)
             self.answer_unavailable(response, exc)
         except SessionConflictError as exc:
             logger.warning("session %s: %s, answering 409", self._name(session) or "(new)", exc)
@@ -180,7 +170,7 @@ class DillSessionInterface(SessionInterface):
         """Flask error handler: the session could not be used in the view, so 503."""
         session = request_session()
         if isinstance(session, DillSession):
-            self._report(exc, session)
+            self.incidents.unavailable(exc, self._name(session))
         response = current_app.response_class()
         self.answer_unavailable(response, exc)
         return response
@@ -200,24 +190,6 @@ class DillSessionInterface(SessionInterface):
             "Conflict: the session was changed by another request, and this request's"
             " change was not saved; reload and try again.",
         )
-
-    def _report(
-        self, exc: SessionUnavailableError, session: DillSession, saving: bool = False
-    ) -> None:
-        """Log *exc* once, with the session's fingerprint, and send its signal."""
-        if exc.reported:
-            return
-        exc.reported = True
-        name = self._name(session)
-        if isinstance(exc, LockTimeoutError):
-            logger.warning("session %s is busy, answering 503: %s", name or "(new)", exc)
-            if lock_timeout.receivers:
-                _send(lock_timeout, fingerprint=name, error=exc)
-        else:
-            what = "not saved" if saving else "not usable"
-            logger.error("session %s %s, answering 503: %s", name or "(new)", what, exc)
-            if store_unavailable.receivers:
-                _send(store_unavailable, fingerprint=name, error=exc, saving=saving)
 
     def _name(self, session: DillSession) -> str | None:
         """The session's fingerprint; ``None`` while it has no id."""
@@ -243,7 +215,7 @@ class DillSessionInterface(SessionInterface):
         session.modified = True
         if session_regenerated.receivers and old is not None and session.entry is not None:
             new = fingerprint(session.entry.key)
-            _send(session_regenerated, fingerprint=new, old_fingerprint=fingerprint(old.key))
+            send(session_regenerated, fingerprint=new, old_fingerprint=fingerprint(old.key))
 
     def destroy(self, session: DillSession) -> None:
         """Delete *session* server-side now; the response clears its cookie (logout)."""
@@ -252,7 +224,7 @@ class DillSessionInterface(SessionInterface):
         stored = not session.new
         self._drop(session)
         if stored and session_destroyed.receivers and session.entry is not None:
-            _send(session_destroyed, fingerprint=fingerprint(session.entry.key), reason="destroy")
+            send(session_destroyed, fingerprint=fingerprint(session.entry.key), reason="destroy")
         session.clear()  # not dict.clear: *session* may be the flask.session proxy
         session.rotated = False
         self._start(session, created=self.clock())
@@ -296,7 +268,7 @@ class DillSessionInterface(SessionInterface):
                     self._start(session, created=self.clock())
                 return
             except SessionUnavailableError as exc:
-                self._report(exc, session)
+                self.incidents.unavailable(exc, self._name(session))
                 session.unavailable = exc
         # Used after the view: an empty session for the hook, and save_session answers 503.
         if not session.after_view:
@@ -307,9 +279,9 @@ class DillSessionInterface(SessionInterface):
         lock = self.locking and not (session.saved or session.readonly)
         entry = self.store.open(self.store_key(sid), lock=lock)
         if lock_waited.receivers and entry.waited:
-            _send(lock_waited, fingerprint=fingerprint(entry.key), wait=entry.waited)
+            send(lock_waited, fingerprint=fingerprint(entry.key), wait=entry.waited)
         if entry.degraded:
-            self._degraded(entry)
+            self.incidents.degraded(entry)
         try:
             restored = self._restore(session, entry)
         except BaseException:
@@ -322,16 +294,16 @@ class DillSessionInterface(SessionInterface):
     def _restore(self, session: DillSession, entry: Entry) -> bool:
         if entry.blob is None:
             if entry.damage:
-                self._quarantine(entry, entry.damage)
+                self.incidents.quarantine(entry, entry.damage)
             return False
         try:
             opened = self.codec.open(entry.key, entry.blob)
         except ForeignPayloadError as exc:
-            self._foreign(entry, exc)
+            self.incidents.foreign(entry, exc)
             session.foreign = True
             return False
         except BadPayloadError as exc:
-            self._quarantine(entry, exc)
+            self.incidents.quarantine(entry, exc)
             return False
         meta = opened.meta
         if meta.retired:
@@ -342,7 +314,7 @@ class DillSessionInterface(SessionInterface):
         for note in opened.notes:
             logger.warning("stored session %s: %s", fingerprint(entry.key), note)
         if opened.dropped:
-            self._dropped(entry, opened.dropped)
+            self.incidents.dropped(entry, opened.dropped)
         session._restore(
             opened.data,
             entry,
@@ -354,57 +326,6 @@ class DillSessionInterface(SessionInterface):
         if self.settings.user_key is not None:
             session.indexed_user = self._user_of(opened.data)
         return True
-
-    def _foreign(self, entry: Entry, exc: ForeignPayloadError) -> None:
-        """A blob another process may read: leave it; log once per key or Python."""
-        source = getattr(exc, "key_id", None) or str(exc)
-        if source not in self._foreign_logged:
-            self._foreign_logged.add(source)
-            logger.warning(
-                "stored session %s left in place and not used here: %s (logged once)",
-                fingerprint(entry.key),
-                exc,
-            )
-
-    def _quarantine(self, entry: Entry, reason: BadPayloadError | str) -> None:
-        name = fingerprint(entry.key)
-        logger.warning("stored session %s is unusable and was quarantined: %s", name, reason)
-        try:
-            entry.quarantine(self.settings.quarantine_lifetime)
-        except SessionUnavailableError as error:
-            logger.error("stored session %s not quarantined, deleting it: %s", name, error)
-            try:
-                entry.delete()
-            except SessionUnavailableError as again:
-                logger.error("stored session %s not deleted either: %s", name, again)
-            return
-        if session_quarantined.receivers:
-            _send(session_quarantined, fingerprint=name, reason=str(reason), copy=False)
-
-    def _degraded(self, entry: Entry) -> None:
-        """The store can be read, not written: say so at most once a minute."""
-        now = time.monotonic()
-        if now - self._degraded_logged >= _DEGRADED_LOG_EVERY:
-            self._degraded_logged = now
-            logger.warning(
-                "session store is read-only, serving reads and answering 503 to changes: %s"
-                " (said at most once a minute)",
-                entry.fault,
-            )
-
-    def _dropped(self, entry: Entry, dropped: Mapping[str, str]) -> None:
-        """Some keys could not be kept: one warning each; the original stays in quarantine."""
-        name = fingerprint(entry.key)
-        for key, why in dropped.items():
-            logger.warning("stored session %s: key %r dropped: %s", name, key, why)
-        try:
-            entry.copy_to_quarantine(self.settings.quarantine_lifetime)
-        except SessionUnavailableError as error:
-            logger.error("stored session %s: no copy kept in quarantine: %s", name, error)
-            return
-        if session_quarantined.receivers:
-            reason = "keys dropped: " + ", ".join(map(repr, dropped))
-            _send(session_quarantined, fingerprint=name, reason=reason, copy=True)
 
     def _start(self, session: DillSession, *, created: float) -> None:
         sid = self.generate_sid()
@@ -473,7 +394,7 @@ class DillSessionInterface(SessionInterface):
             if not session.new:
                 entry.delete()  # also in "writes" mode, unlocked: ending a session always applies
                 if session_destroyed.receivers:
-                    _send(session_destroyed, fingerprint=fingerprint(entry.key), reason="emptied")
+                    send(session_destroyed, fingerprint=fingerprint(entry.key), reason="emptied")
             if session.cookie_sid is not None and not session.foreign:
                 self._delete_cookie(app, response)
             return
@@ -482,7 +403,7 @@ class DillSessionInterface(SessionInterface):
         if not self._changed(session, payload):
             entry.touch(ttl)
             if session_saved.receivers:
-                _send(session_saved, fingerprint=fingerprint(entry.key), written=False, size=None)
+                send(session_saved, fingerprint=fingerprint(entry.key), written=False, size=None)
         elif session.readonly:
             self._not_saved(session, entry, ttl)
             if session.new:
@@ -501,10 +422,10 @@ class DillSessionInterface(SessionInterface):
             if self.settings.user_key is not None:
                 self._index(session, data, ttl)
             if session_created.receivers and session.new and not session.rotated:
-                _send(session_created, fingerprint=fingerprint(entry.key))
+                send(session_created, fingerprint=fingerprint(entry.key))
             if session_saved.receivers:
                 name = fingerprint(entry.key)
-                _send(session_saved, fingerprint=name, written=True, size=len(blob))
+                send(session_saved, fingerprint=name, written=True, size=len(blob))
         if self.should_set_cookie(app, session):
             self._set_cookie(app, session, response)
 
@@ -552,14 +473,7 @@ class DillSessionInterface(SessionInterface):
         session.modified, session._permanent = False, session.stored_permanent
         if not session.new:
             entry.touch(ttl)
-        view = request_ctx.request.endpoint or "?"
-        if view not in self._readonly_logged:
-            self._readonly_logged.add(view)
-            logger.warning(
-                "view %r is marked readonly but changed the session: the change was not"
-                " saved (logged once per view)",
-                view,
-            )
+        self.incidents.readonly_changed(request_ctx.request.endpoint or "?")
 
     def _strike(self, app: Flask, session: DillSession) -> None:
         """The request ended in an unhandled exception: nothing it changed is written.
@@ -571,9 +485,9 @@ class DillSessionInterface(SessionInterface):
             try:
                 entry.strike(self.idle_lifetime(app))
             except SessionUnavailableError as exc:  # the answer stays the failure's own
-                self._report(exc, session, saving=True)
+                self.incidents.unavailable(exc, self._name(session), saving=True)
             return
-        self._quarantine(
+        self.incidents.quarantine(
             entry, f"{limit} requests in a row that used it ended in an unhandled exception"
         )
 
@@ -662,13 +576,6 @@ def request_session() -> SessionMixin | None:
     """The request's session, without marking it ``accessed`` as ``request_ctx.session``
     does: our own hooks are no use of the session by the app."""
     return request_ctx._session
-
-
-def _send(signal: Signal, **arguments: Any) -> None:
-    """Send *signal* from the current app, as Flask sends its own. Callers check
-    ``signal.receivers`` first: with nobody listening, nothing is computed."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    signal.send(app, _async_wrapper=app.ensure_sync, **arguments)
 
 
 def _after_view(response: Response) -> Response:
