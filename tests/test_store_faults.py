@@ -29,6 +29,7 @@ from redis.exceptions import RedisClusterException
 
 from flask_dill_session.exc import StoreUnavailableError
 from flask_dill_session.stores._keys import KeyNames
+from flask_dill_session.stores._records import MAGIC, strike_frame
 from flask_dill_session.stores.base import Entry, fingerprint
 from flask_dill_session.stores.cachelib import CacheLibStore
 from flask_dill_session.stores.filesystem import FileSystemStore, frame, last_record
@@ -257,6 +258,12 @@ def foreign(variant: str) -> bytes:
         return b"\x00" * 3 + frame(b"blob", 2e9)
     if variant == "torn first record":
         return frame(b"never completed", 2e9)[:-4]
+    if variant == "a strike record after a torn head":
+        # Stepping back from the strike record leaves 5 bytes, too few for a header: the
+        # search for one must not wrap around to the end (whose CRC ends in a record's
+        # first byte here, which it would then read past).
+        record = next(r for d in range(10**6) if (r := strike_frame(1, d))[9] == MAGIC[0])
+        return MAGIC + b"\x00" * 3 + record
     if variant == "bad checksum":
         return frame(b"flipped", 2e9)[:-1] + b"?"
     return b"\xfd"  # "torn header": the first byte of a record
@@ -268,6 +275,7 @@ DAMAGE = {
     "raw pickle": "unframed content",
     "garbage before a record": "unframed content",
     "torn first record": "torn first record",
+    "a strike record after a torn head": "torn first record",
     "bad checksum": "torn first record",
     "torn header": "torn first record",
 }

@@ -78,6 +78,8 @@ def _record_ending_at(data: bytes, end: int) -> int | None:
     """The start of the intact record that ends exactly at *end*, if there is one: the
     nearest byte before it that opens a header whose length and CRC fit."""
     size, lead = RECORD.size, MAGIC[0]
+    if end < size:  # no room for a header (and a negative bound would count from the end)
+        return None
     start = data.rfind(lead, 0, end - size + 1)
     while start >= 0:
         magic, length, crc, _ = RECORD.unpack_from(data, start)
