@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import random
 import subprocess
 import threading
 import time
@@ -29,7 +30,7 @@ from redis.exceptions import RedisClusterException
 
 from flask_dill_session.exc import StoreUnavailableError
 from flask_dill_session.stores._keys import KeyNames
-from flask_dill_session.stores._records import MAGIC, strike_frame
+from flask_dill_session.stores._records import MAGIC, damage_of, parse, strike_frame
 from flask_dill_session.stores.base import Entry, fingerprint
 from flask_dill_session.stores.cachelib import CacheLibStore
 from flask_dill_session.stores.filesystem import FileSystemStore, frame, last_record
@@ -258,6 +259,8 @@ def foreign(variant: str) -> bytes:
         return b"\x00" * 3 + frame(b"blob", 2e9)
     if variant == "torn first record":
         return frame(b"never completed", 2e9)[:-4]
+    if variant == "a torn first header":  # a crash within the first 18 bytes written
+        return frame(b"never completed", 2e9)[:10]
     if variant == "a strike record after a torn head":
         # Stepping back from the strike record leaves 5 bytes, too few for a header: the
         # search for one must not wrap around to the end (whose CRC ends in a record's
@@ -275,6 +278,7 @@ DAMAGE = {
     "raw pickle": "unframed content",
     "garbage before a record": "unframed content",
     "torn first record": "torn first record",
+    "a torn first header": "torn first record",
     "a strike record after a torn head": "torn first record",
     "bad checksum": "torn first record",
     "torn header": "torn first record",
@@ -310,6 +314,32 @@ def test_a_foreign_file_is_reported_as_damage_and_quarantined(
     assert kept.name.startswith(fingerprint(KEY) + ".")
     assert kept.read_bytes() == data
     assert kept.stat().st_mtime == pytest.approx(time.time() + 3600, abs=60)
+
+
+def test_no_bytes_in_a_session_file_make_reading_it_raise() -> None:
+    """Files of records torn, cut, flipped and prefixed at random: each reads as a blob or
+    as none (damage), never as an exception that would fail every request of a session."""
+    rng = random.Random(20261124)
+    for _ in range(30000):
+        records = [
+            frame(rng.randbytes(rng.randint(0, 40)), 2e9 * rng.random())
+            if rng.random() < 0.6
+            else strike_frame(rng.randint(0, 9), 2e9 * rng.random())
+            for _ in range(rng.randint(0, 4))
+        ]
+        data = bytearray(b"".join(records))
+        for _ in range(rng.randint(0, 3)):
+            change = rng.random()
+            if change < 0.3:
+                data = data[: rng.randint(0, len(data))]
+            elif change < 0.6 and data:
+                data[rng.randrange(len(data))] = rng.choice([MAGIC[0], MAGIC[1], 0x54, 0])
+            elif change < 0.8:
+                data = bytearray(rng.choice([MAGIC, b"\xfd\x54", rng.randbytes(3)])) + data
+            else:
+                data = data[rng.randint(0, len(data)) :]
+        blob, _, _, _ = parse(bytes(data))
+        assert blob is not None or damage_of(bytes(data), 0.0) is not None or not data
 
 
 def test_a_session_file_with_an_intact_record_is_no_damage(tmp_path: Path) -> None:
