@@ -30,7 +30,8 @@ from redis.connection import PythonRespSerializer
 from redis.retry import Retry
 
 from flask_dill_session import ConfigError, DillSessionInterface
-from flask_dill_session.exc import StoreUnavailableError
+from flask_dill_session.exc import LockTimeoutError, StoreUnavailableError
+from flask_dill_session.stores._clients import key_encoding
 from flask_dill_session.stores._connections import packed
 from flask_dill_session.stores._keys import KeyNames
 from flask_dill_session.stores.base import fingerprint
@@ -294,12 +295,16 @@ def test_a_resp3_client_goes_through_the_client(client: redis.Redis, make_app: A
         ("EVALSHA", "a" * 40, 3, "k1", "k2", "k3", "token", 60000, 1764000000000, 0.5, -1),
         ("SET", "sessi\u00f3n:{x}", b"\x00\r\n" * 5000, "XX", "PX", 10),  # over redis-py's cutoff
         ("ECHO", b"", ""),
+        ("SET", bytearray(b"k"), memoryview(b"v" * 10), "EX", 7),
     ],
-    ids=["get", "evalsha", "large-unicode", "empty"],
+    ids=["get", "evalsha", "large-unicode", "empty", "bytes-like"],
 )
 def test_commands_are_packed_as_redis_py_packs_them(command: tuple[Any, ...]) -> None:
-    assert packed(command) == _packed_by_redis_py(command)
-    assert packed(command, "latin-1") == _packed_by_redis_py(command, "latin-1")
+    assert b"".join(packed(command)) == _packed_by_redis_py(command)
+    assert b"".join(packed(command, "latin-1")) == _packed_by_redis_py(command, "latin-1")
+    for argument in command:  # a long one is sent as it is, not copied into the command
+        if isinstance(argument, bytes) and len(argument) > 6000:
+            assert any(piece is argument for piece in packed(command))
 
 
 @pytest.mark.parametrize("argument", [True, None, 1j, ["a"]])
@@ -328,7 +333,8 @@ def test_keys_are_sent_in_the_client_encoding(client: redis.Redis, make_app: App
         browser = app.test_client()
         assert [browser.get("/count").text for _ in range(3)] == ["1", "2", "3"]
         assert len(latin.keys(prefix + "*")) == 1
-        assert client.keys(prefix.encode("latin-1") + b"*") == latin.keys(prefix + "*")
+        sent = prefix.encode(*key_encoding(latin))  # latin-1, or UTF-8 if hiredis packs
+        assert client.keys(sent + b"*") == latin.keys(prefix + "*")
         with app.app_context():
             listed = list(app_interface(app).inventory(app).sessions())
         assert len(listed) == 1
@@ -389,6 +395,24 @@ def test_a_holder_whose_lease_ran_out_does_not_overwrite_the_next_holder(
         slow.write(b"late again", 60)
     assert client.get(NAME) == b"from the next holder"
     assert not client.exists(lock_key)  # the write released it in the same round trip
+
+
+def test_a_request_waiting_for_a_lock_never_reads_the_session(
+    private_redis: RedisServer,
+) -> None:
+    """Waiters poll every lock_poll: a busy lock is answered before the session (up to a
+    megabyte) is read inside Redis."""
+    client = redis.Redis(port=private_redis.port)
+    store = RedisStore(client, secret=SECRET, lock_timeout=0.3)
+    assert store.new(KEY).write(b"x" * 100_000, 60)
+    holder = store.open(KEY, lock=True)
+    client.config_resetstat()
+    with pytest.raises(LockTimeoutError):
+        store.open(KEY, lock=True)
+    holder.release()
+    stats = client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] >= 5  # polls of the lock, refused
+    assert "cmdstat_mget" not in stats
 
 
 def test_the_lock_has_the_lease_as_its_ttl_and_a_missing_session_takes_no_lock(

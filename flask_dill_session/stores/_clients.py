@@ -19,6 +19,7 @@ import redis
 import redis.exceptions
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
+from redis.utils import HIREDIS_AVAILABLE
 
 from ..exc import ConfigError
 
@@ -121,6 +122,16 @@ def node_of(client: Client, name: str | bytes) -> redis.Redis:
     if is_cluster(client):
         return _node_client(getattr(client, "get_node_from_key")(name))  # noqa: B009
     return cast(redis.Redis, client)
+
+
+def key_encoding(client: redis.Redis) -> tuple[str, str]:
+    """How *client* sends a key given as ``str`` (encoding, errors): in UTF-8 when redis-py
+    packs commands in C (hiredis packs strings so whatever the client's encoding), else in
+    the client's ``encoding``."""
+    settings = client.connection_pool.connection_kwargs
+    if HIREDIS_AVAILABLE and settings.get("command_packer") is None:
+        return "utf-8", "strict"
+    return settings.get("encoding", "utf-8"), settings.get("encoding_errors", "strict")
 
 
 def run_script(client: Client, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:

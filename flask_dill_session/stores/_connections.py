@@ -32,6 +32,8 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from ._clients import Client, is_cluster
 
+_CUTOFF = 6000  # bytes: redis-py's buffer cutoff, over which an argument is sent alone
+
 
 def own_connections(client: Client) -> Connections | None:
     """Connections of the store's own for *client*'s pool; ``None`` (its commands go
@@ -115,27 +117,39 @@ def _call(connection: Any, command: tuple[Any, ...], encoding: tuple[str, str] |
         if data is None:
             connection.send_command(*command)
         else:
-            connection.send_packed_command([data])
+            connection.send_packed_command(data)
         return connection.read_response()
 
     return connection.retry.call_with_retry(send, lambda _error: connection.disconnect())
 
 
-def packed(command: Sequence[Any], encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """*command* in the Redis protocol: an array of bulk strings, each argument's bytes as
-    redis-py encodes them (bytes as they are, strings in *encoding*, numbers by ``repr``)."""
-    parts = [b"*%d\r\n" % len(command)]
+Piece = bytes | bytearray | memoryview
+
+
+def packed(command: Sequence[Any], encoding: str = "utf-8", errors: str = "strict") -> list[Piece]:
+    """*command* in the Redis protocol, an array of bulk strings, in pieces to send in turn:
+    each argument's bytes as redis-py's Python packer makes them (bytes-like as they are,
+    strings in *encoding*, numbers by ``repr``), and like it, an argument longer than
+    ``_CUTOFF`` bytes (or a memoryview) is a piece of its own, never copied."""
+    pieces: list[Piece] = []
+    head = [b"*%d\r\n" % len(command)]
     for argument in command:
         if isinstance(argument, str):
-            data = argument.encode(encoding, errors)
-        elif isinstance(argument, bytes):
+            data: Piece = argument.encode(encoding, errors)
+        elif isinstance(argument, (bytes, bytearray, memoryview)):
             data = argument
         elif isinstance(argument, (int, float)) and not isinstance(argument, bool):
             data = repr(argument).encode()
         else:
             raise redis.exceptions.DataError(f"cannot send a {type(argument).__name__}")
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+        if len(data) > _CUTOFF or isinstance(data, memoryview):
+            head.append(b"$%d\r\n" % len(data))
+            pieces += (b"".join(head), data)
+            head = [b"\r\n"]
+        else:
+            head.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    pieces.append(b"".join(head))
+    return pieces
 
 
 def _connected(connection: Any) -> bool:

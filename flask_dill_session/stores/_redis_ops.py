@@ -164,8 +164,8 @@ class RedisOperations(Store):
     def _scan(self, pattern: str) -> Iterator[str]:
         seen: set[bytes] = set()
         for node in clients.primaries(self.client):
-            encoder = node.get_encoder()  # names are decoded as the client encodes them
+            encoding, errors = clients.key_encoding(node)  # as the client sent the names
             for raw in node.scan_iter(match=pattern, count=1000):
                 if raw not in seen:
                     seen.add(raw)
-                    yield encoder.decode(raw, force=True)  # type: ignore[no-untyped-call]
+                    yield raw.decode(encoding, errors)

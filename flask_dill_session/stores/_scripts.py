@@ -36,28 +36,29 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # KEYS: session, lock, strikes. ARGV: token, lease (ms), deadline (ms in the server's clock;
 # 0: none). The lock may already hold this token: a copy of this call the client sent before.
-# One MGET reads all three keys (each call from Lua costs about as much as a command): a key
-# of another type reads as absent, so such a session is absent, such a lock is free, and
-# such a strike count (or one that is not a number) is 0.
+# A busy lock is answered before anything else is read (waiters poll). One MGET reads the
+# session and its strike count (each call from Lua costs about as much as a command): a key
+# of another type reads as absent, so such a session is absent and such a strike count (or
+# one that is not a number) is 0.
 OPEN = (
     NOW
     + """
 if ARGV[3] ~= '0' and now > tonumber(ARGV[3]) then
     return {-2, now}
 end
-local read = redis.call('MGET', KEYS[2], KEYS[1], KEYS[3])
-local holder, blob = read[1], read[2]
+local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then
     return {0, now}
 end
-if not blob then
+local read = redis.call('MGET', KEYS[1], KEYS[3])
+if not read[1] then
     if holder then
         redis.call('DEL', KEYS[2])
     end
     return {2, now}
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return {1, now, blob, tonumber(read[3]) or 0}
+return {1, now, read[1], tonumber(read[2]) or 0}
 """
 )
 
