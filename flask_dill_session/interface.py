@@ -21,6 +21,7 @@ from flask import Flask, Request, Response, after_this_request, current_app
 from flask.globals import request_ctx
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.http import dump_cookie, parse_cookie
+from werkzeug.sansio.request import Request as SansioRequest
 
 from .codec import Codec, Meta, Opened
 from .config import DEFAULTS, Settings
@@ -47,6 +48,7 @@ _SID_CHARSET = re.compile(r"[A-Za-z0-9_-]+")
 _COOKIE_HEADERS_KEPT = 4096  # Set-Cookie headers remembered, for requests within a second
 _RETIRED_KEPT = 3600.0  # seconds an id replaced by regenerate is remembered, to log its use
 _READONLY = "_dill_session_readonly"  # set on a view function by readonly()
+_WERKZEUG_COOKIES = SansioRequest.cookies
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -133,9 +135,7 @@ class DillSessionInterface(SessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> DillSession:
         """No I/O: remember the cookie's id; the store is read on first use."""
-        # werkzeug's own parse of the Cookie header, read from the environ: request.cookies
-        # would first find that header by walking every header of the request.
-        sid = parse_cookie(request.environ).get(self.get_cookie_name(app))
+        sid = _cookies(request).get(self.get_cookie_name(app))
         if not self.is_valid_sid(sid):
             sid = None
         after_this_request(_after_view)  # runs first of the response's hooks
@@ -570,6 +570,14 @@ def _replace(response: Response, status: int, text: str) -> None:
     response.status_code = status
     response.set_data(text)
     response.mimetype = "text/plain"
+
+
+def _cookies(request: Request) -> Mapping[str, str]:
+    """``request.cookies``; for werkzeug's own, its parse of the Cookie header read from the
+    environ (``request.cookies`` first finds that header by walking every header)."""
+    if type(request).cookies is _WERKZEUG_COOKIES:
+        return parse_cookie(request.environ)
+    return request.cookies  # a request class of the app's own: what it says
 
 
 def request_session() -> SessionMixin | None:

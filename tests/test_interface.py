@@ -17,8 +17,9 @@ from typing import Any
 import flask_session
 import pytest
 from cachelib import FileSystemCache
-from flask import Flask, request, session
+from flask import Flask, Request, request, session
 from flask.sessions import SessionInterface
+from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.test import TestResponse
 
 from flask_dill_session import (
@@ -208,6 +209,22 @@ def test_a_malformed_sid_is_never_used(app: Flask, session_dir: Path, bad: str) 
     sid = session_cookie(response).value
     assert sid != bad
     assert files(session_dir) == [stored_path(app, sid)]
+
+
+def test_a_request_class_of_the_apps_own_says_what_the_cookies_are(app: Flask) -> None:
+    """An app whose request class takes the session id from a header (a native client):
+    its ``cookies`` are what the session reads."""
+
+    class HeaderSession(Request):
+        @property
+        def cookies(self) -> ImmutableMultiDict[str, str]:
+            return ImmutableMultiDict({"session": self.headers.get("X-Session", "")})
+
+    sid = session_cookie(app.test_client().get("/set/user/alice")).value
+    app.request_class = HeaderSession
+    client = app.test_client(use_cookies=False)
+    assert client.get("/get/user", headers={"X-Session": sid}).text == "alice"
+    assert client.get("/get/user", headers={"Cookie": f"session={sid}"}).text == "None"
 
 
 def test_the_session_cookie_is_found_among_others_as_flask_finds_it(app: Flask) -> None:
