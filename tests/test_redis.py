@@ -333,7 +333,8 @@ def test_keys_are_sent_in_the_client_encoding(client: redis.Redis, make_app: App
         browser = app.test_client()
         assert [browser.get("/count").text for _ in range(3)] == ["1", "2", "3"]
         assert len(latin.keys(prefix + "*")) == 1
-        sent = prefix.encode(*key_encoding(latin))  # latin-1, or UTF-8 if hiredis packs
+        settings = latin.connection_pool.connection_kwargs
+        sent = prefix.encode(*key_encoding(settings))  # latin-1, or UTF-8 if hiredis packs
         assert client.keys(sent + b"*") == latin.keys(prefix + "*")
         with app.app_context():
             listed = list(app_interface(app).inventory(app).sessions())

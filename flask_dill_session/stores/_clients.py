@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias, cast
 
 import redis
@@ -124,11 +124,16 @@ def node_of(client: Client, name: str | bytes) -> redis.Redis:
     return cast(redis.Redis, client)
 
 
-def key_encoding(client: redis.Redis) -> tuple[str, str]:
-    """How *client* sends a key given as ``str`` (encoding, errors): in UTF-8 when redis-py
-    packs commands in C (hiredis packs strings so whatever the client's encoding), else in
-    the client's ``encoding``."""
-    settings = client.connection_pool.connection_kwargs
+def packs_in_python(settings: Mapping[str, Any]) -> bool:
+    """Whether connections made with *settings* (a pool's ``connection_kwargs``) pack
+    commands with redis-py's Python packer: no hiredis, no packer of the pool's own."""
+    return not HIREDIS_AVAILABLE and settings.get("command_packer") is None
+
+
+def key_encoding(settings: Mapping[str, Any]) -> tuple[str, str]:
+    """How connections made with *settings* send a ``str`` (encoding, errors): in UTF-8 when
+    redis-py packs commands in C (hiredis packs strings so whatever the client's encoding),
+    else in the client's ``encoding``."""
     if HIREDIS_AVAILABLE and settings.get("command_packer") is None:
         return "utf-8", "strict"
     return settings.get("encoding", "utf-8"), settings.get("encoding_errors", "strict")

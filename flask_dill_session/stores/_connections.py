@@ -5,8 +5,8 @@ pool's lock, events and metrics: that costs more CPU than packing the command an
 its reply (measured: about 85 µs against 64 µs of a process's CPU per ``EVALSHA`` on
 loopback). A request that uses its session sends two commands, so the store keeps a few
 connections of its own, made with the pool's connection class and settings (so with its
-host, credentials, TLS, protocol and Sentinel's master lookup), and sends each command with
-the connection's ``read_response`` and its retry policy. There are
+host, credentials, TLS, protocol and Sentinel's master lookup), and sends each command on
+one of them with its retry policy, reading the reply with its ``read_response``. There are
 as many as requests ran at once; the pool neither counts nor holds them (its
 ``max_connections`` is left to the app's own commands), and a forked child drops them. A
 cluster client routes every key to its node itself, and a pool whose connections cache
@@ -28,9 +28,8 @@ from typing import Any
 
 import redis.exceptions
 from redis.commands.core import Script
-from redis.utils import HIREDIS_AVAILABLE
 
-from ._clients import Client, is_cluster
+from ._clients import Client, is_cluster, key_encoding, packs_in_python
 
 _CUTOFF = 6000  # bytes: redis-py's buffer cutoff, over which an argument is sent alone
 
@@ -58,11 +57,8 @@ class Connections:
     def __init__(self, pool: Any) -> None:
         self._pool = pool
         settings = pool.connection_kwargs
-        self._encoding: tuple[str, str] | None = (
-            (settings.get("encoding", "utf-8"), settings.get("encoding_errors", "strict"))
-            if not HIREDIS_AVAILABLE and settings.get("command_packer") is None
-            else None  # the connection's own packer
-        )
+        # How packed() encodes strings; None: the connections pack commands themselves.
+        self._encoding = key_encoding(settings) if packs_in_python(settings) else None
         self._idle: list[Any] = []  # list.pop and list.append are atomic: no lock needed
         self._pid = os.getpid()
         # Disconnect them when the store goes. As garbage of a reference cycle (an app is

@@ -164,7 +164,8 @@ class RedisOperations(Store):
     def _scan(self, pattern: str) -> Iterator[str]:
         seen: set[bytes] = set()
         for node in clients.primaries(self.client):
-            encoding, errors = clients.key_encoding(node)  # as the client sent the names
+            # decoded as the client sent them
+            encoding, errors = clients.key_encoding(node.connection_pool.connection_kwargs)
             for raw in node.scan_iter(match=pattern, count=1000):
                 if raw not in seen:
                     seen.add(raw)
