@@ -379,10 +379,11 @@ class DillSessionInterface(SessionInterface):
     def _save(self, app: Flask, session: DillSession, response: Response) -> None:
         entry = session.entry
         assert entry is not None
-        if "Vary" in response.headers:
+        # getlist, not `in`: werkzeug's `in` raises and catches a KeyError when absent.
+        if response.headers.getlist("Vary"):
             response.vary.add("Cookie")
         else:  # as above, without parsing and rewriting the header set
-            response.headers["Vary"] = "Cookie"
+            response.headers.add("Vary", "Cookie")
         if session.retired:
             self._drop_retired_write(session)
             return
