@@ -32,7 +32,7 @@ from redis.retry import Retry
 from flask_dill_session import ConfigError, DillSessionInterface
 from flask_dill_session.exc import LockTimeoutError, StoreUnavailableError
 from flask_dill_session.stores._clients import key_encoding
-from flask_dill_session.stores._connections import packed
+from flask_dill_session.stores._connections import _CUTOFF, packed
 from flask_dill_session.stores._keys import KeyNames
 from flask_dill_session.stores.base import fingerprint
 from flask_dill_session.stores.redis import RedisStore
@@ -303,7 +303,7 @@ def test_commands_are_packed_as_redis_py_packs_them(command: tuple[Any, ...]) ->
     assert b"".join(packed(command)) == _packed_by_redis_py(command)
     assert b"".join(packed(command, "latin-1")) == _packed_by_redis_py(command, "latin-1")
     for argument in command:  # a long one is sent as it is, not copied into the command
-        if isinstance(argument, bytes) and len(argument) > 6000:
+        if isinstance(argument, bytes) and len(argument) > _CUTOFF:
             assert any(piece is argument for piece in packed(command))
 
 

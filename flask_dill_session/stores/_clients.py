@@ -132,8 +132,8 @@ def packs_in_python(settings: Mapping[str, Any]) -> bool:
 
 def key_encoding(settings: Mapping[str, Any]) -> tuple[str, str]:
     """How connections made with *settings* send a ``str`` (encoding, errors): in UTF-8 when
-    redis-py packs commands in C (hiredis packs strings so whatever the client's encoding),
-    else in the client's ``encoding``."""
+    redis-py packs commands in C (hiredis packs strings in UTF-8, whatever the client's
+    encoding), else in the client's ``encoding``."""
     if HIREDIS_AVAILABLE and settings.get("command_packer") is None:
         return "utf-8", "strict"
     return settings.get("encoding", "utf-8"), settings.get("encoding_errors", "strict")
