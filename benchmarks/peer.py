@@ -4,12 +4,13 @@ and ours on a 3-master Redis Cluster, under gunicorn and ``wrk``.
 The app is a counter whose session holds an int and a string (what Flask-Session's msgspec
 serializer can carry); ours locks each session, Flask-Session does not. Both use the same
 redis-py client settings and the same server. Throughput is measured as in section 6 (one
-``wrk`` run per server per round, the order rotating). Round trips per request are counted
-with ``MONITOR`` while requests are sent one at a time: the commands clients sent (one
-round trip each: neither side pipelines here), and every command Redis ran, those inside
-Lua scripts included. Besides requests per second, each run records the CPU time the
-app's processes and Redis used per request: on a machine shared with other work it moves
-much less than throughput, and on a saturated machine of its own throughput follows it.
+``wrk`` run per server per round, the order rotating). While requests are sent one at a
+time, round trips per request are counted as the reads Redis processed
+(``total_reads_processed``: a round trip's commands, pipelined or not, arrive in one read),
+and ``MONITOR`` counts every command Redis ran, those inside Lua scripts included. Besides
+requests per second, each run records the CPU time the app's processes and Redis used per
+request: on a machine shared with other work it moves much less than throughput, and on a
+saturated machine of its own throughput follows it.
 
     BENCH_PEER=ours|flask-session BENCH_REDIS_PORT=... [BENCH_REDIS_CLUSTER=1] [BENCH_LOCKING=0]
     gunicorn 'benchmarks.peer:create_app()'
@@ -88,7 +89,7 @@ def create_app() -> Flask:
 
 @dataclass
 class Trips:
-    """Per request: commands clients sent (round trips), every command Redis ran, and how
+    """Per request: round trips (reads Redis processed), every command Redis ran, and how
     many of each."""
 
     sent: float
@@ -130,9 +131,9 @@ def targets(workdir: Path) -> Iterator[list[throughput.Target]]:
 
 def count_trips(target: throughput.Target, ports: list[int], requests: int = 200) -> Trips:
     """Send *requests* ``GET /count`` one at a time while every node at *ports* is
-    monitored; the commands per request."""
+    monitored; the round trips and the commands per request."""
     cookies = target.cookies
-    seen: list[Counter[tuple[str, bool]]] = [Counter() for _ in ports]
+    seen: list[Counter[str]] = [Counter() for _ in ports]
     ready = [threading.Event() for _ in ports]
 
     def watch(index: int, port: int) -> None:
@@ -142,30 +143,30 @@ def count_trips(target: throughput.Target, ports: list[int], requests: int = 200
                 words = command["command"].split()
                 if words[:2] == ["ECHO", _END]:
                     return
-                seen[index][words[0].upper(), command.get("client_type") == "lua"] += 1
+                if words[0].upper() != "INFO":  # the counters' own
+                    seen[index][words[0].upper()] += 1
 
     threads = [threading.Thread(target=watch, args=pair) for pair in enumerate(ports)]
     for thread in threads:
         thread.start()
     for event in ready:
         assert event.wait(30)
-    for n in range(requests):
-        request = urllib.request.Request(target.server.url + "/count")
-        request.add_header("Cookie", cookies[n % len(cookies)])
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 200
-    for port in ports:
-        with redis.Redis(port=port, socket_timeout=5) as client:
-            client.echo(_END)
+    with ExitStack() as stack:
+        counters = [stack.enter_context(redis.Redis(port=port)) for port in ports]
+        before = _reads(counters)
+        for n in range(requests):
+            request = urllib.request.Request(target.server.url + "/count")
+            request.add_header("Cookie", cookies[n % len(cookies)])
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.status == 200
+        trips = _reads(counters) - before - len(counters)  # less the INFO that reads it
+        for counter in counters:
+            counter.echo(_END)
     for thread in threads:
         thread.join(60)
-    total: Counter[tuple[str, bool]] = sum(seen, Counter())
-    sent = sum(n for (_, lua), n in total.items() if not lua)
-    commands: Counter[str] = Counter()
-    for (name, _), n in total.items():
-        commands[name] += n
-    per_request = {name: n / requests for name, n in commands.most_common()}
-    return Trips(sent / requests, total.total() / requests, per_request)
+    total: Counter[str] = sum(seen, Counter())
+    per_request = {name: n / requests for name, n in total.most_common()}
+    return Trips(trips / requests, total.total() / requests, per_request)
 
 
 @dataclass
@@ -220,6 +221,13 @@ def _cpu(target: throughput.Target, ports: list[int]) -> float:
             info = client.info("cpu")
         used += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
     return used
+
+
+def _reads(counters: list[redis.Redis]) -> int:
+    """The reads of client input processed so far by the servers of *counters* (a counter
+    connects on its first call, before its ``INFO`` is answered: later calls cost one read
+    each)."""
+    return sum(int(counter.info("stats")["total_reads_processed"]) for counter in counters)
 
 
 def _ports(target: throughput.Target) -> list[int]:

@@ -28,7 +28,7 @@ from flask.testing import FlaskClient
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
-from flask_dill_session.exc import StoreUnavailableError
+from flask_dill_session.exc import LockTimeoutError, StoreUnavailableError
 from flask_dill_session.stores._keys import KeyNames
 from flask_dill_session.stores._records import MAGIC, damage_of, parse, strike_frame
 from flask_dill_session.stores.base import Entry, fingerprint
@@ -500,6 +500,61 @@ def test_requests_that_time_out_on_a_stalled_redis_leave_no_lock(
     checker = redis.Redis(port=frozen_redis.port, socket_timeout=5)
     assert checker.keys("lock:*") == []
     assert browsers[0].get("/get").text == "4"
+
+
+@pytest.mark.redis
+def test_a_lock_taken_after_its_request_gave_up_is_taken_over(frozen_redis: RedisServer) -> None:
+    """The first try locks with plain commands, whatever the time: run by a stalled Redis
+    once the client has given up, its ``SET NX`` still takes the lock. Its token names its
+    deadline, so the next request finds it orphaned and takes it over at once."""
+    url = f"redis://127.0.0.1:{frozen_redis.port}/0"
+    gave_up = RedisStore(redis_client(url, timeout=0.5), secret=SECRET)
+    assert gave_up.new(KEY).write(b"v0", 60)
+    gave_up.open(KEY, lock=True).release()  # connected
+    lock_key = gave_up.lock_key(KEY)
+    checker = redis.Redis(port=frozen_redis.port, socket_timeout=5)
+    frozen_redis.freeze()
+    try:
+        with pytest.raises(StoreUnavailableError, match="Timeout"):
+            gave_up.open(KEY, lock=True)
+    finally:
+        frozen_redis.thaw()
+    wait_until(lambda: checker.exists(lock_key) == 1, "the late SET NX")
+    orphan = checker.get(lock_key)
+    assert isinstance(orphan, bytes) and orphan.count(b".") == 2  # <hex>.<deadline>.<lease>
+    store = RedisStore(redis_client(url), secret=SECRET, lock_timeout=1)
+    entry = store.open(KEY, lock=True)  # not LockTimeoutError: taken over
+    assert entry.blob == b"v0"
+    assert checker.get(lock_key) not in (None, orphan)
+    assert entry.write(b"v1", 60)
+    assert checker.get(NAME) == b"v1"
+    assert not checker.exists(lock_key)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(("shift", "holds"), [(5000, True), (-5000, False), (None, True)])
+def test_only_a_lock_taken_after_its_deadline_is_orphaned(
+    client: redis.Redis, shift: int | None, holds: bool
+) -> None:
+    """A lock set in place of a first try's, its token naming a deadline 5 s after now
+    (taken in time), 5 s before now (taken late), or none (0: a client that never gives
+    up): only the late one is taken over."""
+    store = RedisStore(client, secret=SECRET, lock_timeout=0.3)
+    assert store.new(KEY).write(b"v0", 60)
+    seconds, micros = client.time()
+    deadline = 0 if shift is None else seconds * 1000 + micros // 1000 + shift
+    token = b"%s.%d.60000" % (b"ab" * 16, deadline)
+    client.set(store.lock_key(KEY), token, px=60_000)
+    if holds:
+        with pytest.raises(LockTimeoutError):
+            store.open(KEY, lock=True)
+        assert client.get(store.lock_key(KEY)) == token
+        client.delete(store.lock_key(KEY))
+    else:
+        entry = store.open(KEY, lock=True)
+        assert entry.blob == b"v0"
+        entry.release()
+        assert not client.exists(store.lock_key(KEY))
 
 
 @pytest.mark.redis

@@ -68,9 +68,14 @@ class Connections:
 
     def execute(self, *command: Any) -> Any:
         """Send *command*, return its reply."""
+        return self.pipeline(command)[0]
+
+    def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send *commands* in one round trip, return their replies; an error reply is raised
+        once every reply is read."""
         connection = self._take()
         try:
-            return _call(connection, command, self._encoding)
+            return _call(connection, commands, self._encoding)
         except BaseException as exc:
             _settle(connection, exc)
             raise
@@ -100,23 +105,40 @@ class Connections:
         return connection
 
 
-def _call(connection: Any, command: tuple[Any, ...], encoding: tuple[str, str] | None) -> Any:
-    """Send *command* and read its reply as the client would: connect first if need be
+def _call(
+    connection: Any, commands: Sequence[tuple[Any, ...]], encoding: tuple[str, str] | None
+) -> list[Any]:
+    """Send *commands* and read their replies as the client would: connect first if need be
     (Sentinel's connections ask for the master), then send with the connection's retry
-    policy (a connection error disconnects, and the command is sent again). Strings are
+    policy (a connection error disconnects, and the commands are sent again). Strings are
     packed in *encoding* (name, errors); ``None``: by the connection's own packer."""
     if not _connected(connection):
         connection.connect()
-    data = None if encoding is None else packed(command, *encoding)
+    if encoding is None:
+        data = connection.pack_commands(commands)
+    else:
+        data = [piece for command in commands for piece in packed(command, *encoding)]
+        if len(data) == len(commands):  # no argument sent alone: one piece, one send
+            data = [b"".join(data)]
 
-    def send() -> Any:
-        if data is None:
-            connection.send_command(*command)
-        else:
-            connection.send_packed_command(data)
-        return connection.read_response()
+    def send() -> list[Any]:
+        connection.send_packed_command(data)
+        replies: list[Any] = []
+        error = None
+        for _ in commands:
+            try:
+                replies.append(connection.read_response())
+            except redis.exceptions.ResponseError as exc:  # read whole: read on
+                replies.append(exc)
+                error = error or exc
+        if error is not None:
+            raise error
+        return replies
 
-    return connection.retry.call_with_retry(send, lambda _error: connection.disconnect())
+    replies: list[Any] = connection.retry.call_with_retry(
+        send, lambda _error: connection.disconnect()
+    )
+    return replies
 
 
 Piece = bytes | bytearray | memoryview

@@ -1,5 +1,5 @@
 """The Redis store's per-session lock: a random token under the session's lock key, with
-the lease as its ``PX`` TTL, taken by the script that also reads the session."""
+the lease as its ``PX`` TTL, taken in the round trip that also reads the session."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from redis.commands.core import Script
 
 from ..exc import StoreUnavailableError
 from . import _scripts as scripts
+from ._clients import ServerClock
 from ._keys import Names
 from ._scripts import count, ms
 
@@ -24,6 +25,10 @@ class LockingStore(Protocol):
     lock_poll: float
     open_script: Script
     release_script: Script
+    server_clock: ServerClock
+    pipelines: bool  # whether pipeline() may be called
+
+    def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]: ...
 
     def run(
         self, script: Script, keys: Sequence[str | bytes], args: list[Any], *, retry: bool
@@ -36,8 +41,15 @@ class LockingStore(Protocol):
 
 class SessionLock:
     """A session's lock: a random token under its lock key with the lease as ``PX`` TTL,
-    taken by the script that also reads the session, tried every ``lock_poll`` seconds
-    until ``lock_timeout``."""
+    taken in the round trip that also reads the session, tried every ``lock_poll`` seconds
+    until ``lock_timeout``.
+
+    The first try sends plain commands in one round trip where the store can pipeline
+    (:meth:`_first_try`): on one Redis a script costs it several times what ``SET`` and
+    ``MGET`` cost. The tries that follow, and every try through a cluster client, run the
+    lock-and-read script (:data:`~._scripts.OPEN`), which reads the session only once it
+    holds the lock.
+    """
 
     def __init__(self, store: LockingStore, key: str, names: Names) -> None:
         self.store = store
@@ -52,13 +64,53 @@ class SessionLock:
     def acquire(self) -> bool:
         """Take the lock and read the session (no lock if there is none); ``False`` if
         another request held it until the lock timeout."""
-        store, token = self.store, secrets.token_hex(16).encode()
+        store = self.store
         give_up = time.monotonic() + store.lock_timeout
+        if store.pipelines and self._first_try():
+            return True
+        token = secrets.token_hex(16).encode()
         while not self._try(token):
             if time.monotonic() + store.lock_poll > give_up:
                 return False
             time.sleep(store.lock_poll)
         return True
+
+    def _first_try(self) -> bool:
+        """``SET lock token NX GET PX lease``, ``MGET`` of the session and its strikes, and
+        ``TIME``, in one round trip; whether that settled it (locked and read, or no such
+        session). ``False`` if another request holds the lock, or if ``TIME`` shows the lock
+        was taken after the deadline (the offset to the server's clock was off): then it is
+        released, the offset learned, and the script decides.
+
+        The token names the deadline and the lease (``<hex>.<deadline>.<lease>``): should
+        Redis run this after the client gave up, the next request finds the lock orphaned
+        and takes it over (:data:`~._scripts.OPEN`)."""
+        store, clock, (session, lock, strikes) = self.store, self.store.server_clock, self.keys
+        lease = ms(store.lock_lease)
+        sent = clock.now()
+        deadline = clock.deadline(sent)
+        token = b"%s.%d.%d" % (secrets.token_hex(16).encode(), deadline, lease)
+        holder, (blob, stored), (seconds, micros) = store.pipeline(
+            ("SET", lock, token, "NX", "GET", "PX", lease), ("MGET", session, strikes), ("TIME",)
+        )
+        received = clock.now()
+        server_ms = int(seconds) * 1000 + int(micros) // 1000
+        clock.learn(server_ms, sent, received)
+        if holder is not None and holder != token:  # not a copy of ours, sent again
+            self._refused()
+            return False
+        late = deadline != 0 and server_ms > deadline
+        if late or blob is None:
+            store.call(store.release_script, [lock], [token])
+            if late and not clock.in_time(sent, received):
+                raise store.late("locking and reading a session")
+            return not late
+        self.blob, self.strikes, self.token = blob, count(stored), token
+        return True
+
+    def _refused(self) -> None:
+        if self.refused is None:
+            self.refused = time.monotonic()
 
     def _try(self, token: bytes) -> bool:
         store = self.store
@@ -67,8 +119,7 @@ class SessionLock:
         if reply[0] == scripts.LATE:
             raise store.late("locking and reading a session")
         if reply[0] == scripts.BUSY:
-            if self.refused is None:
-                self.refused = time.monotonic()
+            self._refused()
             return False  # held by another request
         if self.refused is not None:
             self.waited = time.monotonic() - self.refused

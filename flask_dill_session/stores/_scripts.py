@@ -34,12 +34,22 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+# Orphaned locks. The first try to open a session sends plain commands, no script
+# (:meth:`~._lock.SessionLock.acquire`): ``SET lock token NX GET PX lease``, whatever the
+# time, with a token that names its deadline and lease, ``<hex>.<deadline ms>.<lease ms>``.
+# Taken after the deadline (a stalled Redis ran it once the client had given up), such a
+# lock is orphaned: OPEN reads when it was taken from its TTL (now - lease + PTTL) and takes
+# it over. The 1 ms margin covers a server that reads the TTL against the script's start;
+# a lock taken in time is never taken over, as its client checks ``TIME`` against the
+# deadline. Tokens without a deadline (OPEN's own) are never orphaned.
+
 # KEYS: session, lock, strikes. ARGV: token, lease (ms), deadline (ms in the server's clock;
 # 0: none). The lock may already hold this token: a copy of this call the client sent before.
-# A busy lock is answered before anything else is read (waiters poll). One MGET reads the
-# session and its strike count (each call from Lua costs about as much as a command): a key
-# of another type reads as absent, so such a session is absent and such a strike count (or
-# one that is not a number) is 0.
+# A busy lock is answered before anything else is read (waiters poll), unless it was taken
+# after its request had given up (orphaned, above): then it is taken over. One MGET reads
+# the session and its strike count (each call from Lua costs about as much as a command): a
+# key of another type reads as absent, so such a session is absent and such a strike count
+# (or one that is not a number) is 0.
 OPEN = (
     NOW
     + """
@@ -48,7 +58,11 @@ if ARGV[3] ~= '0' and now > tonumber(ARGV[3]) then
 end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then
-    return {0, now}
+    local deadline, lease = string.match(holder, '^%x+%.(%d+)%.(%d+)$')
+    if not deadline or deadline == '0'
+        or now - tonumber(lease) + redis.call('PTTL', KEYS[2]) <= tonumber(deadline) + 1 then
+        return {0, now}
+    end
 end
 local read = redis.call('MGET', KEYS[1], KEYS[3])
 if not read[1] then

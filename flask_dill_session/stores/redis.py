@@ -10,12 +10,15 @@ lease ends); the strike count (:meth:`~flask_dill_session.stores.base.Entry.stri
 exists only while not 0.
 
 Every step is a single command or a single Lua script on the keys of one session (so of
-one slot), applied whole or not at all, and a holder that lost its lock is caught in the
-same atomic step as its write:
+one slot), applied whole or not at all, but for the first try to lock, a pipeline whose
+first command takes the lock (the read that follows is then under it); a holder that lost
+its lock is caught in the same atomic step as its write:
 
-- reading with the lock is one script: if the session exists and the lock is free (or
-  already this request's), ``SET lock token PX lease`` and ``GET`` the session and its
-  strike count; a missing session takes no lock. Without the lock, one ``MGET`` of both;
+- reading with the lock is one round trip of plain commands (:mod:`._lock`): ``SET lock
+  token NX GET PX lease``, ``MGET`` of the session and its strike count, and ``TIME``; a
+  missing session's lock is released at once. While another request holds the lock, the
+  polls run a script that takes the lock only if it is free (or orphaned), and reads the
+  session only then. Without the lock, one ``MGET`` of both;
 - saving a changed session is one script: check that the lock still holds this request's
   token, delete it, and ``SET session blob XX PX ttl`` (``XX``: a session deleted meanwhile
   is never resurrected). A request whose lock is gone (its lease ran out, or a failover
@@ -37,16 +40,17 @@ does not use ``session``                         0
 new session (no cookie), written                 1
 existing session, changed (read + write)         2
 existing session, unchanged (read + touch)       2
-unknown or expired id, new session written       3 (+1 per fallback secret)
+unknown or expired id, new session written       4 (+1 per fallback secret)
 ``destroy`` / ``regenerate`` (read + delete)     2 (+1 to write the new id)
 failed request, strike recorded (read + strike)  2
 ===============================================  ===========
 
-Without locking the counts are the same. Waiting for a lock held by another request costs
-one more round trip per poll (every ``lock_poll`` seconds). The first time a process runs
-each script against a server (after it started, or after ``SCRIPT FLUSH``), redis-py loads
-it: two extra round trips, once. ``WAIT`` (``SESSION_DILL_REDIS_WAIT``) is sent after a
-write or a delete on the same connection, in the same round trip.
+Without locking the counts are the same, but for an unknown id: 3 (no lock to release).
+Waiting for a lock held by another request costs one more round trip per poll (every
+``lock_poll`` seconds). The first time a process runs each script against a server (after
+it started, or after ``SCRIPT FLUSH``), redis-py loads it: two extra round trips, once.
+``WAIT`` (``SESSION_DILL_REDIS_WAIT``) is sent after a write or a delete on the same
+connection, in the same round trip.
 
 Deletes (logout, ``regenerate``, an emptied session) apply even when the lock was lost:
 ending a session must not depend on a lock. Every exception of the client (unreachable,
@@ -56,7 +60,9 @@ timed out, an error reply, ``MOVED`` or ``TRYAGAIN`` that redis-py did not follo
 as HTTP 503. Give the client ``socket_timeout`` and ``socket_connect_timeout``.
 
 Deadlines (:class:`~._clients.ServerClock`): the lock-and-read and the write scripts carry
-the instant the client gives up, in the server's clock; past it, they do nothing.
+the instant the client gives up, in the server's clock; past it, they do nothing. The
+first try's token names it: a lock that try took past it is orphaned, and the next request
+takes it over.
 
 A request's commands go on connections of the store's own, made with the client pool's
 connection class and settings (:mod:`._connections`): redis-py's way through the client
@@ -152,6 +158,7 @@ class RedisStore(RedisOperations):
         self.release_script = client.register_script(scripts.RELEASE)
         self.former = FormerKeys(client, self.names)
         self._own = own_connections(client)
+        self.pipelines = self._own is not None
 
     @classmethod
     def from_config(cls, settings: Settings, config: Mapping[str, Any]) -> RedisStore:
@@ -294,6 +301,12 @@ class RedisStore(RedisOperations):
         if self._own is not None:
             return self._own.execute(*command)
         return self.client.execute_command(*command, keys=keys)  # type: ignore[no-untyped-call]
+
+    def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send *commands* in one round trip on the store's own connections (only where
+        :attr:`pipelines`); their replies, as for :meth:`send`."""
+        assert self._own is not None
+        return self._own.pipeline(*commands)
 
     def replicated(
         self, name: str | bytes, commands: Sequence[tuple[Any, ...]], script: Script | None = None
