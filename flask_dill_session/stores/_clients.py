@@ -200,10 +200,14 @@ class ServerClock:
     carry no deadline). The nodes of a cluster share one offset: keep their clocks in sync.
     """
 
+    #: Seconds an offset is taken as known after it was learned (:meth:`fresh`).
+    FRESH = 1.0
+
     def __init__(self, timeout: float | None, now: Callable[[], float] = time.time) -> None:
         self.timeout = timeout
         self.now = now
         self.offset = 0.0  # seconds the server's clock is ahead of ours
+        self.learned = -math.inf  # when the offset was last learned (our clock)
 
     def deadline(self, sent: float) -> int:
         """The server-clock instant (ms) a call sent at *sent* is given up; 0 for never."""
@@ -215,6 +219,13 @@ class ServerClock:
         """Take the offset from a reply, if its round trip was short enough to tell it."""
         if self.timeout is not None and received - sent < self.timeout / 4:
             self.offset = server_ms / 1000 - (sent + received) / 2
+            self.learned = received
+
+    def fresh(self, now: float) -> bool:
+        """Whether the offset was learned less than :attr:`FRESH` seconds before *now* (or
+        no deadline is sent): then a clock step since, of the size of the timeout, is all
+        that could make a deadline computed with it wrong."""
+        return self.timeout is None or 0 <= now - self.learned < self.FRESH
 
     def in_time(self, sent: float, received: float) -> bool:
         """Whether a reply came before the client would have given up on it."""

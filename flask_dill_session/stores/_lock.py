@@ -76,11 +76,13 @@ class SessionLock:
         return True
 
     def _first_try(self) -> bool:
-        """``SET lock token NX GET PX lease``, ``MGET`` of the session and its strikes, and
-        ``TIME``, in one round trip; whether that settled it (locked and read, or no such
-        session). ``False`` if another request holds the lock, or if ``TIME`` shows the lock
-        was taken after the deadline (the offset to the server's clock was off): then it is
-        released, the offset learned, and the script decides.
+        """``SET lock token NX GET PX lease`` and ``MGET`` of the session and its strikes in
+        one round trip, with ``TIME`` unless the offset to the server's clock is fresh (the
+        write script's reply teaches it on every save); whether that settled it (locked and
+        read, or no such session). ``False`` if another request holds the lock, or if the
+        lock may have been taken after the deadline (``TIME`` shows it, as when the offset
+        was off, or without ``TIME`` the reply came after the timeout): then it is released
+        and the script decides.
 
         The token names the deadline and the lease (``<hex>.<deadline>.<lease>``): should
         Redis run this after the client gave up, the next request finds the lock orphaned
@@ -90,19 +92,27 @@ class SessionLock:
         sent = clock.now()
         deadline = clock.deadline(sent)
         token = b"%s.%d.%d" % (secrets.token_hex(16).encode(), deadline, lease)
-        holder, (blob, stored), (seconds, micros) = store.pipeline(
-            ("SET", lock, token, "NX", "GET", "PX", lease), ("MGET", session, strikes), ("TIME",)
-        )
+        commands: list[tuple[Any, ...]] = [
+            ("SET", lock, token, "NX", "GET", "PX", lease),
+            ("MGET", session, strikes),
+        ]
+        if not clock.fresh(sent):
+            commands.append(("TIME",))
+        holder, (blob, stored), *when = store.pipeline(*commands)
         received = clock.now()
-        server_ms = int(seconds) * 1000 + int(micros) // 1000
-        clock.learn(server_ms, sent, received)
         if holder is not None and holder != token:  # not a copy of ours, sent again
             self._refused()
             return False
-        late = deadline != 0 and server_ms > deadline
+        if when:
+            seconds, micros = when[0]
+            server_ms = int(seconds) * 1000 + int(micros) // 1000
+            clock.learn(server_ms, sent, received)
+            late = deadline != 0 and server_ms > deadline
+        else:  # a reply after the timeout came to a copy sent again: when it ran is unknown
+            late = not clock.in_time(sent, received)
         if late or blob is None:
             store.call(store.release_script, [lock], [token])
-            if late and not clock.in_time(sent, received):
+            if late and when and not clock.in_time(sent, received):
                 raise store.late("locking and reading a session")
             return not late
         self.blob, self.strikes, self.token = blob, count(stored), token

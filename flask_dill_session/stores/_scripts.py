@@ -39,9 +39,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # time, with a token that names its deadline and lease, ``<hex>.<deadline ms>.<lease ms>``.
 # Taken after the deadline (a stalled Redis ran it once the client had given up), such a
 # lock is orphaned: OPEN reads when it was taken from its TTL (now - lease + PTTL) and takes
-# it over. The 1 ms margin covers a server that reads the TTL against the script's start;
-# a lock taken in time is never taken over, as its client checks ``TIME`` against the
-# deadline. Tokens without a deadline (OPEN's own) are never orphaned.
+# it over. The 1 ms margin covers a server that reads the TTL against the script's start.
+# A lock taken in time is not taken over: its client checks ``TIME`` against the deadline,
+# or computed the deadline with an offset learned in the last second (only a clock step
+# within that second, of the size of the timeout, could misplace it: then the holder's
+# write is refused, never applied over another's). Tokens without a deadline (OPEN's own)
+# are never orphaned.
 
 # KEYS: session, lock, strikes. ARGV: token, lease (ms), deadline (ms in the server's clock;
 # 0: none). The lock may already hold this token: a copy of this call the client sent before.
