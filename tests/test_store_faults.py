@@ -34,7 +34,7 @@ from flask_dill_session.stores._records import MAGIC, damage_of, parse, strike_f
 from flask_dill_session.stores.base import Entry, fingerprint
 from flask_dill_session.stores.cachelib import CacheLibStore
 from flask_dill_session.stores.filesystem import FileSystemStore, frame, last_record
-from flask_dill_session.stores.redis import CLIENT_ERRORS, RedisStore
+from flask_dill_session.stores.redis import CLIENT_ERRORS, RedisStore, ServerClock
 
 from .apps.redis_app import redis_client
 from .support import (
@@ -597,6 +597,21 @@ def test_a_clock_offset_is_learned_and_a_late_write_writes_nothing(client: redis
     again = store.open(KEY, lock=True)
     assert again.write(b"v2", 60)
     assert client.get(NAME) == b"v2"
+
+
+def test_the_offset_is_fresh_for_a_second_after_a_quick_reply() -> None:
+    """Within it, the first try to lock sends no ``TIME``. A reply slow enough to blur the
+    offset teaches nothing; a client that never gives up needs no offset."""
+    clock = ServerClock(timeout=2.0)
+    assert not clock.fresh(1000.0)  # never learned
+    clock.learn(1_000_050, sent=1000.0, received=1000.1)
+    assert clock.offset == pytest.approx(0.0)
+    assert clock.fresh(1000.1) and clock.fresh(1001.0)
+    assert clock.fresh(1000.0)  # sent by another thread just before the reply came
+    assert not clock.fresh(1001.2)
+    clock.learn(1_005_000, sent=1003.0, received=1004.0)  # a second on the way: unused
+    assert not clock.fresh(1004.0)
+    assert ServerClock(timeout=None).fresh(0.0)
 
 
 @pytest.mark.redis

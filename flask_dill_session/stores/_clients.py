@@ -225,7 +225,8 @@ class ServerClock:
         """Whether the offset was learned less than :attr:`FRESH` seconds before *now* (or
         no deadline is sent): then a clock step since, of the size of the timeout, is all
         that could make a deadline computed with it wrong."""
-        return self.timeout is None or 0 <= now - self.learned < self.FRESH
+        # learned after *now* by another thread: as fresh
+        return self.timeout is None or abs(now - self.learned) < self.FRESH
 
     def in_time(self, sent: float, received: float) -> bool:
         """Whether a reply came before the client would have given up on it."""
