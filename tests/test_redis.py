@@ -293,12 +293,13 @@ def test_a_resp3_client_goes_through_the_client(client: redis.Redis, make_app: A
     "command",
     [
         ("GET", "session:{abc}"),
+        ("SET", "lock:{abc}", b"t.1764000000000.60000", "NX", "GET", "PX", 60000, -1),
         ("EVALSHA", "a" * 40, 3, "k1", "k2", "k3", "token", 60000, 1764000000000, 0.5, -1),
         ("SET", "sessi\u00f3n:{x}", b"\x00\r\n" * 5000, "XX", "PX", 10),  # over redis-py's cutoff
         ("ECHO", b"", ""),
         ("SET", bytearray(b"k"), memoryview(b"v" * 10), "EX", 7),
     ],
-    ids=["get", "evalsha", "large-unicode", "empty", "bytes-like"],
+    ids=["get", "set-ints", "evalsha-float", "large-unicode", "empty", "bytes-like"],
 )
 def test_commands_are_packed_as_redis_py_packs_them(command: tuple[Any, ...]) -> None:
     assert b"".join(packed(command)) == _packed_by_redis_py(command)

@@ -315,7 +315,7 @@ def test_a_write_or_touch_without_strikes_runs_no_extra_command(
     assert commands(client, lambda: counted.open(KEY, lock=False)) == (1, {"mget": 1})
     sends, ran = commands(client, lambda: counted.open(KEY, lock=True).release())
     # lock and read, with the strikes, in one round trip of plain commands; release. The
-    # server's clock is known from the write script's reply a moment ago: no TIME.
+    # server's clock was learned by an open a moment ago: no TIME.
     assert (sends, ran) == (2, {"set": 1, "mget": 1, "evalsha": 1, "get": 1, "del": 1})
     counted.server_clock.learned -= counted.server_clock.FRESH  # a second without a reply
     sends, ran = commands(client, lambda: counted.open(KEY, lock=True).release())

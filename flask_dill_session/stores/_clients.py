@@ -189,12 +189,15 @@ class ServerClock:
 
     A command the client gave up on (its ``socket_timeout`` passed) may still reach Redis
     later, for instance once a stalled server runs again. So the lock-and-read and the
-    write scripts carry the instant the client gives up, ``socket_timeout`` after sending,
-    and compare it with the server's ``TIME``: past it, the first takes no lock and the
-    second writes nothing (and releases the lock), so a stall leaves no lock behind for the
-    rest of a lease. Every reply of these scripts carries ``TIME``, from which the offset
-    between the two clocks is learned; a refusal that reaches the client in time (so due
-    to the offset, not to a stall) is retried once with the offset just learned.
+    write carry the instant the client gives up, ``socket_timeout`` after sending: past
+    it, the write script writes nothing (and releases the lock), the lock-and-read script
+    takes no lock, and a lock the first try took is orphaned (its token names the
+    deadline) and taken over by the next request, so a stall leaves no lock behind for
+    the rest of a lease. The offset between the two clocks is learned from ``TIME``, in
+    the lock-and-read script's replies and in the first try when the offset is not
+    :meth:`fresh`; a refusal that reaches the client in time (so due to the offset, not
+    to a stall) is retried once with the offset just learned, and a write refused as late
+    makes the offset be learned anew.
 
     *timeout* is the client's ``socket_timeout`` (``None``: it never gives up, and calls
     carry no deadline). The nodes of a cluster share one offset: keep their clocks in sync.
@@ -220,6 +223,10 @@ class ServerClock:
         if self.timeout is not None and received - sent < self.timeout / 4:
             self.offset = server_ms / 1000 - (sent + received) / 2
             self.learned = received
+
+    def forget(self) -> None:
+        """Take the offset as unknown until learned again (a call was refused as late)."""
+        self.learned = -math.inf
 
     def fresh(self, now: float) -> bool:
         """Whether the offset was learned less than :attr:`FRESH` seconds before *now* (or

@@ -148,7 +148,29 @@ def packed(command: Sequence[Any], encoding: str = "utf-8", errors: str = "stric
     """*command* in the Redis protocol, an array of bulk strings, in pieces to send in turn:
     each argument's bytes as redis-py's Python packer makes them (bytes-like as they are,
     strings in *encoding*, numbers by ``repr``), and like it, an argument longer than
-    ``_CUTOFF`` bytes (or a memoryview) is a piece of its own, never copied."""
+    ``_CUTOFF`` bytes (or a memoryview) is a piece of its own, never copied.
+
+    The store's own commands are strings, bytes and ints, none long: they take the short
+    way, one piece (packing is the largest part of the Python a command costs)."""
+    head = [b"*%d\r\n" % len(command)]
+    for argument in command:
+        kind = type(argument)
+        if kind is str:
+            data = argument.encode(encoding, errors)
+        elif kind is bytes:
+            data = argument
+        elif kind is int:
+            data = b"%d" % argument  # repr's digits
+        else:
+            return _pieces(command, encoding, errors)
+        if len(data) > _CUTOFF:
+            return _pieces(command, encoding, errors)
+        head.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return [b"".join(head)]
+
+
+def _pieces(command: Sequence[Any], encoding: str, errors: str) -> list[Piece]:
+    """:func:`packed`, whatever the arguments."""
     pieces: list[Piece] = []
     head = [b"*%d\r\n" % len(command)]
     for argument in command:

@@ -77,8 +77,8 @@ class SessionLock:
 
     def _first_try(self) -> bool:
         """``SET lock token NX GET PX lease`` and ``MGET`` of the session and its strikes in
-        one round trip, with ``TIME`` unless the offset to the server's clock is fresh (the
-        write script's reply teaches it on every save); whether that settled it (locked and
+        one round trip, with ``TIME`` unless the offset to the server's clock is fresh (so
+        once a second or so); whether that settled it (locked and
         read, or no such session). ``False`` if another request holds the lock, or if the
         lock may have been taken after the deadline (``TIME`` shows it, as when the offset
         was off, or without ``TIME`` the reply came after the timeout): then it is released

@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# Replies of the scripts that carry a deadline: {status, server time (ms), ...}; of STRIKE:
-# the status alone.
+# Replies of OPEN: {status, server time (ms), ...}; of WRITE and STRIKE: the status alone.
 LATE = -2  # past the deadline: nothing done (and the lock released if ours)
 LOST = -1  # the lock is no longer ours: nothing written
 BUSY = 0  # OPEN: held by another request
@@ -86,19 +85,19 @@ WRITE = (
     NOW
     + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-    return {-1, now}
+    return -1
 end
 redis.call('DEL', KEYS[2])
 if ARGV[5] ~= '0' and now > tonumber(ARGV[5]) then
-    return {-2, now}
+    return -2
 end
 if redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then
     if ARGV[4] ~= '0' then
         redis.call('DEL', KEYS[3])
     end
-    return {1, now}
+    return 1
 end
-return {0, now}
+return 0
 """
 )
 

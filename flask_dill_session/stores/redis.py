@@ -261,31 +261,19 @@ class RedisStore(RedisOperations):
     # -- calls ---------------------------------------------------------------------------
 
     def run(
-        self,
-        script: Script,
-        keys: Sequence[str | bytes],
-        args: list[Any],
-        *,
-        retry: bool,
-        replicate: bool = False,
+        self, script: Script, keys: Sequence[str | bytes], args: list[Any], *, retry: bool
     ) -> tuple[Any, int | None]:
-        """Call a script that takes a deadline (appended to *args*), learning the server's
-        clock from its reply; if refused as late while in time, *retry* once. With
-        *replicate* and ``WAIT`` configured, also how many replicas confirmed it."""
-        acked = None
+        """Call a script that takes a deadline (appended to *args*) and replies with the
+        server's time after its status, learning the clock from it; if refused as late
+        while in time, *retry* once. (The second item, replicas, is always ``None``.)"""
         for _ in range(2 if retry else 1):
             sent = self.server_clock.now()
-            full = [*args, b"%d" % self.server_clock.deadline(sent)]
-            if replicate and self.wait is not None:
-                command = ("EVALSHA", script.sha, len(keys), *keys, *full)
-                (reply,), acked = self.replicated(keys[0], [command], script)
-            else:
-                reply = self.call(script, keys, full)
+            reply = self.call(script, keys, [*args, b"%d" % self.server_clock.deadline(sent)])
             received = self.server_clock.now()
             self.server_clock.learn(int(reply[1]), sent, received)
             if reply[0] != scripts.LATE or not self.server_clock.in_time(sent, received):
                 break
-        return reply, acked
+        return reply, None
 
     def call(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
         """Run *script*: on the store's own connections (:mod:`._connections`), or through a
@@ -409,7 +397,8 @@ class _RedisEntry(Entry):
             self._released()  # released by the script; if it failed, by the lease
         if status == scripts.LOST:
             raise self.store.lock_lost(self.key)
-        if status == scripts.LATE:
+        if status == scripts.LATE:  # late by our clock or by the offset: learn it anew
+            self.store.server_clock.forget()
             raise self.store.late("writing a session")
         if status == scripts.DONE:
             self.store.confirm(self.key, acked, "written")
@@ -424,11 +413,15 @@ class _RedisEntry(Entry):
             if self._locked:
                 return scripts.LOST, None  # the lock was released already
             return self._set(blob, ttl, create=False)
-        store, ttl_ms = self.store, scripts.ms(ttl)
-        args = [token, blob, b"%d" % ttl_ms, b"%d" % _flag(self.strikes)]
+        store, script = self.store, self.store.write_script
+        deadline = store.server_clock.deadline(store.server_clock.now())
+        args = (token, blob, scripts.ms(ttl), _flag(self.strikes), deadline)
         keys = self._lock.keys if self._lock is not None else list(self.names)
-        reply, acked = store.run(store.write_script, keys, args, retry=False, replicate=True)
-        return int(reply[0]), acked
+        if store.wait is None:
+            return int(store.call(script, keys, args)), None
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        (status,), acked = store.replicated(keys[0], [command], script)
+        return int(status), acked
 
     def _set(self, blob: bytes, ttl: float, *, create: bool) -> tuple[int, int | None]:
         """``SET NX`` (*create*) or ``SET XX`` (without a lock), and ``DEL`` of the strikes in
