@@ -607,12 +607,36 @@ def test_the_offset_is_fresh_for_a_second_after_a_quick_reply() -> None:
     assert not clock.fresh(1000.0)  # never learned
     clock.learn(1_000_050, sent=1000.0, received=1000.1)
     assert clock.offset == pytest.approx(0.0)
+    assert clock.error == pytest.approx(0.05)  # half the round trip
     assert clock.fresh(1000.1) and clock.fresh(1001.0)
     assert clock.fresh(1000.0)  # sent by another thread just before the reply came
     assert not clock.fresh(1001.2)
     clock.learn(1_005_000, sent=1003.0, received=1004.0)  # a second on the way: unused
     assert not clock.fresh(1004.0)
     assert ServerClock(timeout=None).fresh(0.0)
+
+
+@pytest.mark.redis
+def test_a_first_try_slower_than_the_offset_allows_leaves_the_lock_to_the_script(
+    client: redis.Redis,
+) -> None:
+    """Without ``TIME``, the first try keeps its lock only if the reply came sooner than the
+    timeout less the offset's error: else Redis may have run it after the deadline its
+    token names, and a waiter could take the lock over. Then it releases the lock, and the
+    lock-and-read script (which checks the deadline in Redis) takes it."""
+    store = RedisStore(client, secret=SECRET, lock_timeout=5)
+    assert store.new(KEY).write(b"v0", 60)
+    store.open(KEY, lock=True).release()  # the offset is learned
+    clock = store.server_clock
+    assert clock.fresh(clock.now())
+    clock.error = 5.0  # as off as the timeout: no reply is surely in time
+    client.config_resetstat()
+    entry = store.open(KEY, lock=True)
+    assert entry.blob == b"v0"
+    assert client.info("commandstats")["cmdstat_evalsha"]["calls"] == 2  # release; script
+    token = client.get(store.lock_key(KEY))
+    assert isinstance(token, bytes) and b"." not in token  # the script's own token
+    entry.release()
 
 
 @pytest.mark.redis

@@ -210,6 +210,7 @@ class ServerClock:
         self.timeout = timeout
         self.now = now
         self.offset = 0.0  # seconds the server's clock is ahead of ours
+        self.error = 0.0  # how far off the offset may be: half the round trip it came from
         self.learned = -math.inf  # when the offset was last learned (our clock)
 
     def deadline(self, sent: float) -> int:
@@ -222,7 +223,8 @@ class ServerClock:
         """Take the offset from a reply, if its round trip was short enough to tell it."""
         if self.timeout is not None and received - sent < self.timeout / 4:
             self.offset = server_ms / 1000 - (sent + received) / 2
-            self.learned = received
+            self.error = (received - sent) / 2
+            self.learned = received  # last: a thread that finds it fresh finds the rest
 
     def forget(self) -> None:
         """Take the offset as unknown until learned again (a call was refused as late)."""
@@ -235,6 +237,8 @@ class ServerClock:
         # learned after *now* by another thread: as fresh
         return self.timeout is None or abs(now - self.learned) < self.FRESH
 
-    def in_time(self, sent: float, received: float) -> bool:
-        """Whether a reply came before the client would have given up on it."""
-        return self.timeout is None or received - sent < self.timeout
+    def in_time(self, sent: float, received: float, error: float = 0.0) -> bool:
+        """Whether a reply came before the client would have given up on it; with *error*
+        (the offset's, when the deadline was computed), whether the server surely ran the
+        call before the deadline it was given."""
+        return self.timeout is None or received - sent + error < self.timeout

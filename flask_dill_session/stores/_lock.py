@@ -32,7 +32,7 @@ class LockingStore(Protocol):
 
     def run(
         self, script: Script, keys: Sequence[str | bytes], args: list[Any], *, retry: bool
-    ) -> tuple[Any, int | None]: ...
+    ) -> Any: ...
 
     def call(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any: ...
 
@@ -45,10 +45,11 @@ class SessionLock:
     until ``lock_timeout``.
 
     The first try sends plain commands in one round trip where the store can pipeline
-    (:meth:`_first_try`): on one Redis a script costs it several times what ``SET`` and
-    ``MGET`` cost. The tries that follow, and every try through a cluster client, run the
-    lock-and-read script (:data:`~._scripts.OPEN`), which reads the session only once it
-    holds the lock.
+    (:meth:`_first_try`): a script costs Redis several times what ``SET`` and ``MGET``
+    cost. The tries that follow (the second at once, so that an orphaned lock is taken
+    over without a pause), and every try where the store's commands go through the
+    client (a cluster, a client that caches replies...), run the lock-and-read script
+    (:data:`~._scripts.OPEN`), which reads the session only once it holds the lock.
     """
 
     def __init__(self, store: LockingStore, key: str, names: Names) -> None:
@@ -81,8 +82,9 @@ class SessionLock:
         once a second or so); whether that settled it (locked and
         read, or no such session). ``False`` if another request holds the lock, or if the
         lock may have been taken after the deadline (``TIME`` shows it, as when the offset
-        was off, or without ``TIME`` the reply came after the timeout): then it is released
-        and the script decides.
+        was off; without ``TIME``, the reply came later than the timeout less the offset's
+        error): then it is released and the script decides. Raises ``StoreUnavailableError``
+        if ``TIME`` shows it late and the reply came after the timeout (a stall).
 
         The token names the deadline and the lease (``<hex>.<deadline>.<lease>``): should
         Redis run this after the client gave up, the next request finds the lock orphaned
@@ -90,13 +92,14 @@ class SessionLock:
         store, clock, (session, lock, strikes) = self.store, self.store.server_clock, self.keys
         lease = ms(store.lock_lease)
         sent = clock.now()
-        deadline = clock.deadline(sent)
+        fresh = clock.fresh(sent)  # before the offset: learn() sets it first
+        error, deadline = clock.error, clock.deadline(sent)
         token = b"%s.%d.%d" % (secrets.token_hex(16).encode(), deadline, lease)
         commands: list[tuple[Any, ...]] = [
             ("SET", lock, token, "NX", "GET", "PX", lease),
             ("MGET", session, strikes),
         ]
-        if not clock.fresh(sent):
+        if not fresh:
             commands.append(("TIME",))
         holder, (blob, stored), *when = store.pipeline(*commands)
         received = clock.now()
@@ -108,8 +111,8 @@ class SessionLock:
             server_ms = int(seconds) * 1000 + int(micros) // 1000
             clock.learn(server_ms, sent, received)
             late = deadline != 0 and server_ms > deadline
-        else:  # a reply after the timeout came to a copy sent again: when it ran is unknown
-            late = not clock.in_time(sent, received)
+        else:  # it ran before the deadline unless the reply was slower than the offset allows
+            late = not clock.in_time(sent, received, error)
         if late or blob is None:
             store.call(store.release_script, [lock], [token])
             if late and when and not clock.in_time(sent, received):
@@ -125,7 +128,7 @@ class SessionLock:
     def _try(self, token: bytes) -> bool:
         store = self.store
         args = [token, b"%d" % ms(store.lock_lease)]
-        reply, _ = store.run(store.open_script, self.keys, args, retry=True)
+        reply = store.run(store.open_script, self.keys, args, retry=True)
         if reply[0] == scripts.LATE:
             raise store.late("locking and reading a session")
         if reply[0] == scripts.BUSY:

@@ -40,10 +40,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # lock is orphaned: OPEN reads when it was taken from its TTL (now - lease + PTTL) and takes
 # it over. The 1 ms margin covers a server that reads the TTL against the script's start.
 # A lock taken in time is not taken over: its client checks ``TIME`` against the deadline,
-# or computed the deadline with an offset learned in the last second (only a clock step
-# within that second, of the size of the timeout, could misplace it: then the holder's
-# write is refused, never applied over another's). Tokens without a deadline (OPEN's own)
-# are never orphaned.
+# or computed the deadline with an offset learned in the last second and keeps the lock
+# only if the reply came sooner than the timeout less the offset's possible error (only a
+# clock step within that second could misplace it: then the holder's write is refused,
+# never applied over another's). Tokens without a deadline (OPEN's own) are never
+# orphaned.
 
 # KEYS: session, lock, strikes. ARGV: token, lease (ms), deadline (ms in the server's clock;
 # 0: none). The lock may already hold this token: a copy of this call the client sent before.

@@ -47,7 +47,8 @@ failed request, strike recorded (read + strike)  2
 ===============================================  ===========
 
 Without locking the counts are the same, but for an unknown id: 3 (no lock to release).
-Waiting for a lock held by another request costs one more round trip per poll (every
+Waiting for a lock held by another request costs one more round trip at once (the
+lock-and-read script, which takes over an orphaned lock), then one per poll (every
 ``lock_poll`` seconds). The first time a process runs each script against a server (after
 it started, or after ``SCRIPT FLUSH``), redis-py loads it: two extra round trips, once.
 ``WAIT`` (``SESSION_DILL_REDIS_WAIT``) is sent after a write or a delete on the same
@@ -262,10 +263,10 @@ class RedisStore(RedisOperations):
 
     def run(
         self, script: Script, keys: Sequence[str | bytes], args: list[Any], *, retry: bool
-    ) -> tuple[Any, int | None]:
+    ) -> Any:
         """Call a script that takes a deadline (appended to *args*) and replies with the
         server's time after its status, learning the clock from it; if refused as late
-        while in time, *retry* once. (The second item, replicas, is always ``None``.)"""
+        while in time, *retry* once. Its reply."""
         for _ in range(2 if retry else 1):
             sent = self.server_clock.now()
             reply = self.call(script, keys, [*args, b"%d" % self.server_clock.deadline(sent)])
@@ -273,7 +274,7 @@ class RedisStore(RedisOperations):
             self.server_clock.learn(int(reply[1]), sent, received)
             if reply[0] != scripts.LATE or not self.server_clock.in_time(sent, received):
                 break
-        return reply, None
+        return reply
 
     def call(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
         """Run *script*: on the store's own connections (:mod:`._connections`), or through a
