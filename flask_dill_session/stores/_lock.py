@@ -79,12 +79,12 @@ class SessionLock:
     def _first_try(self) -> bool:
         """``SET lock token NX GET PX lease`` and ``MGET`` of the session and its strikes in
         one round trip, with ``TIME`` unless the offset to the server's clock is fresh (so
-        once a second or so); whether that settled it (locked and
-        read, or no such session). ``False`` if another request holds the lock, or if the
-        lock may have been taken after the deadline (``TIME`` shows it, as when the offset
-        was off; without ``TIME``, the reply came later than the timeout less the offset's
-        error): then it is released and the script decides. Raises ``StoreUnavailableError``
-        if ``TIME`` shows it late and the reply came after the timeout (a stall).
+        once a second or so); whether that settled it (locked and read, or no such
+        session). ``False`` if another request holds the lock, or if the lock may have been
+        taken after the deadline (``TIME`` shows it, as when the offset was off; without
+        ``TIME``, the reply came later than the timeout less the offset's error): then it
+        is released and the script decides. Raises ``StoreUnavailableError`` if ``TIME``
+        shows it late and the reply came after the timeout (a stall).
 
         The token names the deadline and the lease (``<hex>.<deadline>.<lease>``): should
         Redis run this after the client gave up, the next request finds the lock orphaned

@@ -17,9 +17,9 @@ its lock is caught in the same atomic step as its write:
 - reading with the lock is one round trip of plain commands (:mod:`._lock`): ``SET lock
   token NX GET PX lease`` and ``MGET`` of the session and its strike count (and ``TIME``
   when the server's clock was not learned in the last second); a missing session's lock
-  is released at once. While another request holds the lock, the
-  polls run a script that takes the lock only if it is free (or orphaned), and reads the
-  session only then. Without the lock, one ``MGET`` of both;
+  is released at once. While another request holds the lock, the polls run a script that
+  takes the lock only if it is free (or orphaned), and reads the session only then.
+  Without the lock, one ``MGET`` of both;
 - saving a changed session is one script: check that the lock still holds this request's
   token, delete it, and ``SET session blob XX PX ttl`` (``XX``: a session deleted meanwhile
   is never resurrected). A request whose lock is gone (its lease ran out, or a failover
