@@ -579,25 +579,59 @@ def test_a_holder_whose_lease_ran_out_gets_503_and_the_next_write_stands(
 
 
 @pytest.mark.redis
-def test_a_clock_offset_is_learned_and_a_late_write_writes_nothing(client: redis.Redis) -> None:
+def test_a_clock_offset_is_learned_when_a_lock_is_refused_as_late(client: redis.Redis) -> None:
     store = RedisStore(client, secret=SECRET, lock_timeout=5)
-    lock_key = store.lock_key(KEY)
     assert store.new(KEY).write(b"v0", 60)
     store.server_clock.offset = -3600.0  # believed an hour behind: every deadline is past
     entry = store.open(KEY, lock=True)  # refused as late, in time: learned, and retried
     assert entry.blob == b"v0"
     assert abs(store.server_clock.offset) < 1
-    assert client.exists(lock_key)
-    store.server_clock.offset = -3600.0
+    assert client.exists(store.lock_key(KEY))
+    assert entry.write(b"v1", 60)
+    assert client.get(NAME) == b"v1"
+
+
+@pytest.mark.redis
+def test_a_write_run_after_its_request_gave_up_writes_nothing(client: redis.Redis) -> None:
+    """The write script measures the time from the lock's TTL: a lock with less of its
+    lease left than the time since it was taken plus the client's timeout allow was taken
+    too long ago for the write to be in time. Here the lease left is cut as if the lock had
+    been taken 6 s ago (the client's timeout is 5 s)."""
+    store = RedisStore(client, secret=SECRET, lock_timeout=5)
+    lock_key = store.lock_key(KEY)
+    assert store.new(KEY).write(b"v0", 60)
+    entry = store.open(KEY, lock=True)
+    client.pexpire(lock_key, 60_000 - 6_000)
     with pytest.raises(StoreUnavailableError, match="after the socket timeout") as caught:
-        entry.write(b"v1", 60)  # a write is not retried: it released the lock already
+        entry.write(b"v1", 60)
     assert caught.value.where == store.address
     assert client.get(NAME) == b"v0"
-    assert not client.exists(lock_key)
-    again = store.open(KEY, lock=True)  # the offset is learned anew before the lock
-    assert abs(store.server_clock.offset) < 1
-    assert again.write(b"v2", 60)
+    assert not client.exists(lock_key)  # released all the same
+    in_time = store.open(KEY, lock=True)
+    client.pexpire(lock_key, 60_000 - 4_000)  # taken 4 s ago: in time
+    assert in_time.write(b"v2", 60)
     assert client.get(NAME) == b"v2"
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("ttl", [5_000, None])
+def test_a_write_that_lost_its_lock_puts_the_holders_lock_back_as_it_was(
+    client: redis.Redis, ttl: int | None
+) -> None:
+    """The write script reads and deletes the lock in one call: a lock it finds held by
+    another is set again, with the TTL it had (or none)."""
+    store = RedisStore(client, secret=SECRET, lock_timeout=5)
+    lock_key = store.lock_key(KEY)
+    assert store.new(KEY).write(b"v0", 60)
+    entry = store.open(KEY, lock=True)
+    client.set(lock_key, b"another", px=ttl)
+    with pytest.raises(StoreUnavailableError, match="no longer held"):
+        entry.write(b"v1", 60)
+    assert client.get(NAME) == b"v0"
+    assert client.get(lock_key) == b"another"
+    left = client.pttl(lock_key)
+    assert left == -1 if ttl is None else 4_000 < left <= ttl
+    client.delete(lock_key)
 
 
 def test_the_offset_is_fresh_for_a_second_after_a_quick_reply() -> None:

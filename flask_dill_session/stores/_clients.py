@@ -188,16 +188,16 @@ class ServerClock:
     """Deadlines in the Redis server's clock: ours, plus an offset learned from its replies.
 
     A command the client gave up on (its ``socket_timeout`` passed) may still reach Redis
-    later, for instance once a stalled server runs again. So the lock-and-read and the
-    write carry the instant the client gives up, ``socket_timeout`` after sending: past
-    it, the write script writes nothing (and releases the lock), the lock-and-read script
-    takes no lock, and a lock the first try took is orphaned (its token names the
-    deadline) and taken over by the next request, so a stall leaves no lock behind for
-    the rest of a lease. The offset between the two clocks is learned from ``TIME``, in
-    the lock-and-read script's replies and in the first try when the offset is not
-    :meth:`fresh`; a refusal that reaches the client in time (so due to the offset, not
-    to a stall) is retried once with the offset just learned, and a write refused as late
-    makes the offset be learned anew.
+    later, for instance once a stalled server runs again. So the tries to lock carry the
+    instant the client gives up, ``socket_timeout`` after sending: past it, the
+    lock-and-read script takes no lock, and a lock the first try took is orphaned (its
+    token names the deadline) and taken over by the next request, so a stall leaves no
+    lock behind for the rest of a lease. (The write needs no offset: it tells the time by
+    the lock's TTL, :meth:`~._lock.SessionLock.least_left`.) The offset between the two
+    clocks is learned from ``TIME``, in the lock-and-read script's replies and in the
+    first try when the offset is not :meth:`fresh`; a refusal that reaches the client in
+    time (so due to the offset, not to a stall) is retried once with the offset just
+    learned.
 
     *timeout* is the client's ``socket_timeout`` (``None``: it never gives up, and calls
     carry no deadline). The nodes of a cluster share one offset: keep their clocks in sync.
@@ -225,10 +225,6 @@ class ServerClock:
             self.offset = server_ms / 1000 - (sent + received) / 2
             self.error = (received - sent) / 2
             self.learned = received  # last: a thread that finds it fresh finds the rest
-
-    def forget(self) -> None:
-        """Take the offset as unknown until learned again (a call was refused as late)."""
-        self.learned = -math.inf
 
     def fresh(self, now: float) -> bool:
         """Whether the offset was learned less than :attr:`FRESH` seconds before *now* (or

@@ -3,6 +3,7 @@ the lease as its ``PX`` TTL, taken in the round trip that also reads the session
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Sequence
@@ -59,6 +60,8 @@ class SessionLock:
         self.blob: bytes | None = None
         self.strikes = 0
         self.token: bytes | None = None  # set while held
+        self.lease = ms(store.lock_lease)
+        self.taken = 0.0  # when the reply that took it came (monotonic): Redis took it before
         self.refused: float | None = None  # when a try was first refused (monotonic)
         self.waited = 0.0  # seconds from then until the lock was taken
 
@@ -90,7 +93,7 @@ class SessionLock:
         Redis run this after the client gave up, the next request finds the lock orphaned
         and takes it over (:data:`~._scripts.OPEN`)."""
         store, clock, (session, lock, strikes) = self.store, self.store.server_clock, self.keys
-        lease = ms(store.lock_lease)
+        lease = self.lease
         sent = clock.now()
         fresh = clock.fresh(sent)  # before the offset: learn() sets it first
         error, deadline = clock.error, clock.deadline(sent)
@@ -102,7 +105,7 @@ class SessionLock:
         if not fresh:
             commands.append(("TIME",))
         holder, (blob, stored), *when = store.pipeline(*commands)
-        received = clock.now()
+        received, self.taken = clock.now(), time.monotonic()
         if holder is not None and holder != token:  # not a copy of ours, sent again
             self._refused()
             return False
@@ -127,8 +130,9 @@ class SessionLock:
 
     def _try(self, token: bytes) -> bool:
         store = self.store
-        args = [token, b"%d" % ms(store.lock_lease)]
+        args = [token, b"%d" % self.lease]
         reply = store.run(store.open_script, self.keys, args, retry=True)
+        self.taken = time.monotonic()
         if reply[0] == scripts.LATE:
             raise store.late("locking and reading a session")
         if reply[0] == scripts.BUSY:
@@ -139,6 +143,21 @@ class SessionLock:
         if reply[0] == scripts.DONE:
             self.blob, self.strikes, self.token = reply[2], count(reply[3]), token
         return True
+
+    def least_left(self, timeout: float | None) -> int:
+        """The least lease (ms) the lock must have left when Redis runs a call sent now for
+        that call to run before the client gives up on it, *timeout* after sending; 0: any.
+
+        Redis took the lock before :attr:`taken` and counts its lease down from then, so a
+        call that finds ``lease - left`` ms gone runs at most that long after
+        :attr:`taken` (plus 1 ms of rounding, and 0.1% for clocks that run apart): in time
+        if that is within the *timeout* of now. No clock offset is involved: only the
+        durations of each clock."""
+        if timeout is None:
+            return 0
+        held = time.monotonic() - self.taken
+        budget = math.floor((held + timeout - held / 1000) * 1000)
+        return max(0, self.lease + 1 - budget)
 
     def release(self) -> bool:
         """Delete the lock if it still holds our token; whether it did."""

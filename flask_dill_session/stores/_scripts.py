@@ -80,16 +80,24 @@ return {1, now, read[1], tonumber(read[2]) or 0}
 )
 
 # KEYS: session, lock, strikes. ARGV: token, blob, ttl (ms), reset ('1': strikes were read,
-# delete them; '0': none), deadline (as for OPEN).
-# Releases the lock if ours, then writes unless past the deadline or the session is gone.
-WRITE = (
-    NOW
-    + """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+# delete them; '0': none), the least lease the lock must have left (ms; '0': any).
+# Releases the lock if ours, then writes unless the lock has less of its lease left than
+# that (so was held too long: the client gave up, :meth:`~._lock.SessionLock.least_left`)
+# or the session is gone. The lock's own TTL tells the time: no ``TIME``, no offset. One
+# ``GETDEL`` reads and releases the lock (each call from Lua costs about as much as a
+# command); a lock that is not ours is put back as it was.
+WRITE = """
+local left = redis.call('PTTL', KEYS[2])
+local holder = redis.call('GETDEL', KEYS[2])
+if holder ~= ARGV[1] then
+    if holder and left == -1 then
+        redis.call('SET', KEYS[2], holder)
+    elseif holder then
+        redis.call('SET', KEYS[2], holder, 'PX', math.max(left, 1))
+    end
     return -1
 end
-redis.call('DEL', KEYS[2])
-if ARGV[5] ~= '0' and now > tonumber(ARGV[5]) then
+if ARGV[5] ~= '0' and left < tonumber(ARGV[5]) then
     return -2
 end
 if redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then
@@ -100,7 +108,6 @@ if redis.call('SET', KEYS[1], ARGV[2], 'XX', 'PX', ARGV[3]) then
 end
 return 0
 """
-)
 
 # KEYS: session, lock, strikes. ARGV: token ('' = none), ttl (ms), reset (as for WRITE).
 # Refresh the expiry, reset the strikes if any were read, release the lock if ours.

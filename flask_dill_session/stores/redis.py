@@ -5,8 +5,8 @@ Keys (:mod:`._keys`): a session lives under a keyed hash of its store key in a h
 ``session:{<tag>}``, with ``lock:session:{<tag>}``, ``strikes:session:{<tag>}`` and
 ``quarantine:session:{<tag>}:<fingerprint>:<blob hash>`` in the same cluster slot. The
 blob has a ``PX`` TTL of the idle lifetime, so Redis itself forgets idle sessions; the
-lock is a random token with a ``PX`` TTL of the lease (a holder that died frees it when the
-lease ends); the strike count (:meth:`~flask_dill_session.stores.base.Entry.strike`)
+lock is its holder's token with a ``PX`` TTL of the lease (a holder that died frees it when
+the lease ends); the strike count (:meth:`~flask_dill_session.stores.base.Entry.strike`)
 exists only while not 0.
 
 Every step is a single command or a single Lua script on the keys of one session (so of
@@ -22,9 +22,11 @@ its lock is caught in the same atomic step as its write:
   Without the lock, one ``MGET`` of both;
 - saving a changed session is one script: check that the lock still holds this request's
   token, delete it, and ``SET session blob XX PX ttl`` (``XX``: a session deleted meanwhile
-  is never resurrected). A request whose lock is gone (its lease ran out, or a failover
-  lost it) writes nothing, and :meth:`~flask_dill_session.stores.base.Entry.write` raises
-  ``StoreUnavailableError`` (HTTP 503: the change was not saved);
+  is never resurrected), unless the lock has less of its lease left than a write in time
+  would find (:meth:`~._lock.SessionLock.least_left`). A request whose lock is gone (its
+  lease ran out, or a failover lost it) writes nothing, and
+  :meth:`~flask_dill_session.stores.base.Entry.write` raises ``StoreUnavailableError``
+  (HTTP 503: the change was not saved);
 - an unchanged session is refreshed by ``PEXPIRE`` and the lock deleted, in one script;
 - a failed request is recorded by one script (the same lock check, then the count);
 - a new session is created by ``SET session blob NX PX ttl`` and needs no lock.
@@ -61,10 +63,11 @@ timed out, an error reply, ``MOVED`` or ``TRYAGAIN`` that redis-py did not follo
 :class:`~flask_dill_session.exc.StoreUnavailableError` naming its cause and where, answered
 as HTTP 503. Give the client ``socket_timeout`` and ``socket_connect_timeout``.
 
-Deadlines (:class:`~._clients.ServerClock`): the lock-and-read and the write scripts carry
-the instant the client gives up, in the server's clock; past it, they do nothing. The
-first try's token names it: a lock that try took past it is orphaned, and the next request
-takes it over.
+Deadlines: the lock-and-read script carries the instant the client gives up, in the
+server's clock (:class:`~._clients.ServerClock`); past it, it does nothing. The first try's
+token names it: a lock that try took past it is orphaned, and the next request takes it
+over. The write script tells the time by the lock's TTL instead: a lock held longer than
+the client waits for the write was taken too long ago.
 
 A request's commands go on connections of the store's own, made with the client pool's
 connection class and settings (:mod:`._connections`): redis-py's way through the client
@@ -398,8 +401,7 @@ class _RedisEntry(Entry):
             self._released()  # released by the script; if it failed, by the lease
         if status == scripts.LOST:
             raise self.store.lock_lost(self.key)
-        if status == scripts.LATE:  # late by our clock or by the offset: learn it anew
-            self.store.server_clock.forget()
+        if status == scripts.LATE:
             raise self.store.late("writing a session")
         if status == scripts.DONE:
             self.store.confirm(self.key, acked, "written")
@@ -409,15 +411,14 @@ class _RedisEntry(Entry):
         """The write's status, and how many replicas confirmed it (``None``: not asked)."""
         if self.blob is None:
             return self._set(blob, ttl, create=True)
-        token = self._token
-        if token is None:
+        lock = self._lock
+        if lock is None or lock.token is None:
             if self._locked:
                 return scripts.LOST, None  # the lock was released already
             return self._set(blob, ttl, create=False)
-        store, script = self.store, self.store.write_script
-        deadline = store.server_clock.deadline(store.server_clock.now())
-        args = (token, blob, scripts.ms(ttl), _flag(self.strikes), deadline)
-        keys = self._lock.keys if self._lock is not None else list(self.names)
+        store, script, keys = self.store, self.store.write_script, lock.keys
+        least = lock.least_left(store.server_clock.timeout)
+        args = (lock.token, blob, scripts.ms(ttl), _flag(self.strikes), least)
         if store.wait is None:
             return int(store.call(script, keys, args)), None
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
