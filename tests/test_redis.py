@@ -34,6 +34,7 @@ from flask_dill_session.exc import LockTimeoutError, StoreUnavailableError
 from flask_dill_session.stores._clients import key_encoding
 from flask_dill_session.stores._connections import _CUTOFF, packed
 from flask_dill_session.stores._keys import KeyNames
+from flask_dill_session.stores._lock import _tokens
 from flask_dill_session.stores.base import fingerprint
 from flask_dill_session.stores.redis import RedisStore
 
@@ -179,6 +180,26 @@ def test_connections_closed_by_the_server_while_idle_are_replaced_unnoticed(
     assert browser.get("/count").text == "2"  # locked, read and written anew, no 503
     assert browser.get("/count").text == "3"
     assert client.keys("lock:*") == []
+
+
+def test_a_forked_child_draws_lock_tokens_of_its_own() -> None:
+    """A worker forked from a process that made lock tokens makes none of the same."""
+    before = _tokens.new()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, _tokens.new())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read()
+    after = _tokens.new()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert after[:32] == before[:32] and after != before
+    assert len(child) > 32 and child[:32] != after[:32]
 
 
 def test_a_script_flushed_from_the_server_is_loaded_again(

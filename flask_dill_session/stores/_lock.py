@@ -1,9 +1,11 @@
-"""The Redis store's per-session lock: a random token under the session's lock key, with
+"""The Redis store's per-session lock: a token of its own under the session's lock key, with
 the lease as its ``PX`` TTL, taken in the round trip that also reads the session."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import secrets
 import time
 from collections.abc import Sequence
@@ -16,6 +18,27 @@ from . import _scripts as scripts
 from ._clients import ServerClock
 from ._keys import Names
 from ._scripts import count, ms
+
+
+class _Tokens:
+    """Lock tokens, each new: a random prefix of the process (drawn again in a forked
+    child) and a count. They need no secrecy (whoever reads them could delete the lock
+    anyway), only to differ from every other holder's: drawing each at random would cost
+    a system call per request."""
+
+    def __init__(self) -> None:
+        self.draw()
+        os.register_at_fork(after_in_child=self.draw)
+
+    def draw(self) -> None:
+        self._prefix, self._count = secrets.token_hex(16).encode(), itertools.count()
+
+    def new(self) -> bytes:
+        """A token no holder used: hex digits."""
+        return b"%s%x" % (self._prefix, next(self._count))
+
+
+_tokens = _Tokens()
 
 
 class LockingStore(Protocol):
@@ -41,7 +64,7 @@ class LockingStore(Protocol):
 
 
 class SessionLock:
-    """A session's lock: a random token under its lock key with the lease as ``PX`` TTL,
+    """A session's lock: a token of its own under its lock key with the lease as ``PX`` TTL,
     taken in the round trip that also reads the session, tried every ``lock_poll`` seconds
     until ``lock_timeout``.
 
@@ -72,7 +95,7 @@ class SessionLock:
         give_up = time.monotonic() + store.lock_timeout
         if store.pipelines and self._first_try():
             return True
-        token = secrets.token_hex(16).encode()
+        token = _tokens.new()
         while not self._try(token):
             if time.monotonic() + store.lock_poll > give_up:
                 return False
@@ -97,7 +120,7 @@ class SessionLock:
         sent = clock.now()
         fresh = clock.fresh(sent)  # before the offset: learn() sets it first
         error, deadline = clock.error, clock.deadline(sent)
-        token = b"%s.%d.%d" % (secrets.token_hex(16).encode(), deadline, lease)
+        token = b"%s.%d.%d" % (_tokens.new(), deadline, lease)
         commands: list[tuple[Any, ...]] = [
             ("SET", lock, token, "NX", "GET", "PX", lease),
             ("MGET", session, strikes),
