@@ -8,9 +8,11 @@ import http.cookies
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -180,6 +182,30 @@ def test_connections_closed_by_the_server_while_idle_are_replaced_unnoticed(
     assert browser.get("/count").text == "2"  # locked, read and written anew, no 503
     assert browser.get("/count").text == "3"
     assert client.keys("lock:*") == []
+
+
+def test_unix_socket_connections_closed_by_the_server_are_replaced_unnoticed(
+    make_app: AppFactory,
+) -> None:
+    """The same over a Unix socket (the store asks plain sockets with one ``poll``)."""
+    workdir = Path(tempfile.mkdtemp(prefix="fds-unix-"))  # short: a socket path has a limit
+    path = workdir / "redis.sock"
+    server = RedisServer(workdir, args=["--unixsocket", str(path), "--unixsocketperm", "700"])
+    try:
+        never_retries = redis.Redis(unix_socket_path=str(path), retry=Retry(NoBackoff(), 0))
+        app = counter_app(make_app, never_retries)
+        browser = app.test_client()
+        assert browser.get("/count").text == "1"
+        checker = server.client()
+        assert checker.client_kill_filter(_type="normal", skipme=True) >= 1
+        assert browser.get("/count").text == "2"
+        assert browser.get("/count").text == "3"
+        assert checker.keys("lock:*") == []
+        never_retries.flushdb()
+        checker.close()
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_a_forked_child_draws_lock_tokens_of_its_own() -> None:

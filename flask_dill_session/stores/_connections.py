@@ -6,8 +6,9 @@ its reply (measured: about 85 µs against 64 µs of a process's CPU per ``EVALSH
 loopback). A request that uses its session sends two commands, so the store keeps a few
 connections of its own, made with the pool's connection class and settings (so with its
 host, credentials, TLS, protocol and Sentinel's master lookup), and sends each command on
-one of them with its retry policy, reading the reply with its ``read_response``. There are
-as many as requests ran at once; the pool neither counts nor holds them (its
+one of them with its retry policy, reading the reply with its ``read_response`` (one the
+server closed while idle is found before use, with one ``poll``: ``_stale``). There are as
+many as requests ran at once; the pool neither counts nor holds them (its
 ``max_connections`` is left to the app's own commands), and a forked child drops them. A
 cluster client routes every key to its node itself, and a pool whose connections cache
 replies or follow maintenance notifications gives them more to do: their commands go
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import socket
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -60,7 +63,7 @@ class Connections:
         # How packed() encodes strings; None: the connections pack commands themselves.
         self._encoding = key_encoding(settings) if packs_in_python(settings) else None
         self._idle: list[Any] = []  # list.pop and list.append are atomic: no lock needed
-        self._pid = os.getpid()
+        _everyone.add(self)
         # Disconnect them when the store goes. As garbage of a reference cycle (an app is
         # one) a connection's own __del__ may run after its socket's, which then warns that
         # it was never closed; the finalizer holds them, so they are closed first.
@@ -93,9 +96,6 @@ class Connections:
         return self.execute(*command)
 
     def _take(self) -> Any:
-        if os.getpid() != self._pid:  # a forked child: the parent's sockets are not ours
-            self._idle.clear()
-            self._pid = os.getpid()
         try:
             connection = self._idle.pop()
         except IndexError:
@@ -103,6 +103,19 @@ class Connections:
         if _connected(connection) and _stale(connection):
             connection.disconnect()
         return connection
+
+
+_everyone: weakref.WeakSet[Connections] = weakref.WeakSet()
+
+
+def _forget_the_parents() -> None:
+    """In a forked child: the parent's sockets are not ours (redis-py closes them without
+    shutting them down, in a process other than the one that connected)."""
+    for connections in _everyone:
+        connections._idle.clear()
+
+
+os.register_at_fork(after_in_child=_forget_the_parents)
 
 
 def _call(
@@ -200,7 +213,16 @@ def _connected(connection: Any) -> bool:
 
 def _stale(connection: Any) -> bool:
     """Whether a connected *connection* was closed by the server while idle (reading that
-    raises) or holds a stray reply: what the client's pool checks before use."""
+    raises) or holds a stray reply: what the client's pool checks before use.
+
+    A plain socket (TCP or Unix) is asked with one ``poll``: here every reply is read whole,
+    so an idle socket is readable only once the server closed it or sent what no command
+    asked for. Others (TLS may hold bytes of its own) are asked as the pool asks them."""
+    sock = getattr(connection, "_sock", None)
+    if type(sock) is socket.socket:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
     try:
         return bool(connection.can_read())
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
