@@ -22,6 +22,8 @@ def ms(seconds: float) -> int:
 
 def count(value: Any) -> int:
     """A strike count as stored (digits), 0 if absent or malformed."""
+    if value is None:  # nearly always: no strikes (and raising costs more than the rest)
+        return 0
     try:
         return max(0, int(value))
     except (TypeError, ValueError):
