@@ -102,7 +102,7 @@ logger = logging.getLogger("flask_dill_session")
 
 
 def _flag(strikes: int) -> int:
-    """The reset argument of the write and touch scripts: 1 if there are strikes to delete."""
+    """The reset argument of the touch script: 1 if there are strikes to delete."""
     return 1 if strikes else 0
 
 
@@ -416,9 +416,9 @@ class _RedisEntry(Entry):
             if self._locked:
                 return scripts.LOST, None  # the lock was released already
             return self._set(blob, ttl, create=False)
-        store, script, keys = self.store, self.store.write_script, lock.keys
-        least = lock.least_left(store.server_clock.timeout)
-        args = (lock.token, blob, scripts.ms(ttl), _flag(self.strikes), least)
+        store, script = self.store, self.store.write_script
+        keys = lock.keys if self.strikes else lock.keys[:2]
+        args = (lock.token, blob, scripts.ms(ttl), lock.least_left(store.server_clock.timeout))
         if store.wait is None:
             return int(store.call(script, keys, args)), None
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
