@@ -4,10 +4,12 @@ one Redis, and a Redis that stops or stalls. All against real ``redis-server`` p
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.cookies
 import logging
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -167,11 +169,23 @@ def _connected_clients(client: redis.Redis) -> int:
     return len(client.client_list(_type="normal"))
 
 
+#: How a server forks its workers: Python's ``os.fork`` (gunicorn), or the C library's,
+#: without Python's fork hooks (uWSGI, unless ``py-call-osafterfork``).
+FORKS: dict[str, Callable[[], int]] = {
+    "os.fork": os.fork,
+    "fork without hooks": ctypes.CDLL(None, use_errno=True).fork,
+}
+
+
+@pytest.mark.parametrize("poll", [True, False], ids=["poll", "no select.poll"])
 def test_connections_closed_by_the_server_while_idle_are_replaced_unnoticed(
-    client: redis.Redis, make_app: AppFactory
+    client: redis.Redis, make_app: AppFactory, monkeypatch: pytest.MonkeyPatch, poll: bool
 ) -> None:
     """Found before use, as the client's own pool finds them: even a client that never
-    retries a command answers without a 503."""
+    retries a command answers without a 503. Also where ``select`` has no ``poll``
+    (Windows; eventlet's monkey patch removes it)."""
+    if not poll:
+        monkeypatch.delattr(select, "poll", raising=False)
     never_retries = redis.Redis(
         port=client.get_connection_kwargs()["port"], retry=Retry(NoBackoff(), 0)
     )
@@ -208,11 +222,12 @@ def test_unix_socket_connections_closed_by_the_server_are_replaced_unnoticed(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_a_forked_child_draws_lock_tokens_of_its_own() -> None:
+@pytest.mark.parametrize("fork", FORKS)
+def test_a_forked_child_draws_lock_tokens_of_its_own(fork: str) -> None:
     """A worker forked from a process that made lock tokens makes none of the same."""
     before = _tokens.new()
     read, write = os.pipe()
-    pid = os.fork()
+    pid = FORKS[fork]()
     if pid == 0:
         try:
             os.write(write, _tokens.new())
@@ -239,15 +254,16 @@ def test_a_script_flushed_from_the_server_is_loaded_again(
     assert browser.get("/count").text == "3"
 
 
+@pytest.mark.parametrize("fork", FORKS)
 def test_a_forked_child_uses_connections_of_its_own(
-    private_redis: RedisServer, make_app: AppFactory
+    private_redis: RedisServer, make_app: AppFactory, fork: str
 ) -> None:
     """Parent and child sharing a socket would read each other's replies; the child makes
     a connection of its own for its first request."""
     app = counter_app(make_app, redis.Redis(port=private_redis.port))
     browser = app.test_client()
     assert browser.get("/count").text == "1"  # the parent has connected
-    pid = os.fork()
+    pid = FORKS[fork]()
     if pid == 0:  # the child reports through its exit status
         code = 1
         try:

@@ -30,6 +30,7 @@ from redis.exceptions import RedisClusterException
 
 from flask_dill_session.exc import LockTimeoutError, StoreUnavailableError
 from flask_dill_session.stores._keys import KeyNames
+from flask_dill_session.stores._lock import SessionLock
 from flask_dill_session.stores._records import MAGIC, damage_of, parse, strike_frame
 from flask_dill_session.stores.base import Entry, fingerprint
 from flask_dill_session.stores.cachelib import CacheLibStore
@@ -592,12 +593,17 @@ def test_a_clock_offset_is_learned_when_a_lock_is_refused_as_late(client: redis.
 
 
 @pytest.mark.redis
-def test_a_write_run_after_its_request_gave_up_writes_nothing(client: redis.Redis) -> None:
+@pytest.mark.parametrize("pipelines", [True, False], ids=["first try", "lock-and-read script"])
+def test_a_write_run_after_its_request_gave_up_writes_nothing(
+    client: redis.Redis, pipelines: bool
+) -> None:
     """The write script measures the time from the lock's TTL: a lock with less of its
     lease left than the time since it was taken plus the client's timeout allow was taken
     too long ago for the write to be in time. Here the lease left is cut as if the lock had
-    been taken 6 s ago (the client's timeout is 5 s)."""
+    been taken 6 s ago (the client's timeout is 5 s). Locked by the first try's commands,
+    or by the script (as through a cluster client)."""
     store = RedisStore(client, secret=SECRET, lock_timeout=5)
+    store.pipelines = pipelines
     lock_key = store.lock_key(KEY)
     assert store.new(KEY).write(b"v0", 60)
     entry = store.open(KEY, lock=True)
@@ -611,6 +617,16 @@ def test_a_write_run_after_its_request_gave_up_writes_nothing(client: redis.Redi
     client.pexpire(lock_key, 60_000 - 4_000)  # taken 4 s ago: in time
     assert in_time.write(b"v2", 60)
     assert client.get(NAME) == b"v2"
+
+
+def test_a_lock_not_known_to_be_taken_lets_no_write_through(client: redis.Redis) -> None:
+    """Without the instant its lock was taken, a write could not tell whether the client
+    still waits: it asks for more lease than there is (refused), unless the client never
+    gives up."""
+    store = RedisStore(client, secret=SECRET)
+    lock = SessionLock(store, KEY, store.names.of(KEY))
+    assert lock.least_left(5.0) == lock.lease + 1
+    assert lock.least_left(None) == 0
 
 
 @pytest.mark.redis

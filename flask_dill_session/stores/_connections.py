@@ -63,7 +63,7 @@ class Connections:
         # How packed() encodes strings; None: the connections pack commands themselves.
         self._encoding = key_encoding(settings) if packs_in_python(settings) else None
         self._idle: list[Any] = []  # list.pop and list.append are atomic: no lock needed
-        _everyone.add(self)
+        self._pid = os.getpid()
         # Disconnect them when the store goes. As garbage of a reference cycle (an app is
         # one) a connection's own __del__ may run after its socket's, which then warns that
         # it was never closed; the finalizer holds them, so they are closed first.
@@ -96,6 +96,9 @@ class Connections:
         return self.execute(*command)
 
     def _take(self) -> Any:
+        if os.getpid() != self._pid:  # a forked child: the parent's sockets are not ours
+            self._idle.clear()  # (asked each time: uWSGI forks without Python's fork hooks)
+            self._pid = os.getpid()
         try:
             connection = self._idle.pop()
         except IndexError:
@@ -103,19 +106,6 @@ class Connections:
         if _connected(connection) and _stale(connection):
             connection.disconnect()
         return connection
-
-
-_everyone: weakref.WeakSet[Connections] = weakref.WeakSet()
-
-
-def _forget_the_parents() -> None:
-    """In a forked child: the parent's sockets are not ours (redis-py closes them without
-    shutting them down, in a process other than the one that connected)."""
-    for connections in _everyone:
-        connections._idle.clear()
-
-
-os.register_at_fork(after_in_child=_forget_the_parents)
 
 
 def _call(
@@ -215,12 +205,14 @@ def _stale(connection: Any) -> bool:
     """Whether a connected *connection* was closed by the server while idle (reading that
     raises) or holds a stray reply: what the client's pool checks before use.
 
-    A plain socket (TCP or Unix) is asked with one ``poll``: here every reply is read whole,
-    so an idle socket is readable only once the server closed it or sent what no command
-    asked for. Others (TLS may hold bytes of its own) are asked as the pool asks them."""
+    A plain socket (TCP or Unix) is asked with one ``poll``, where there is one: here every
+    reply is read whole, so an idle socket is readable only once the server closed it or
+    sent what no command asked for. Others (TLS may hold bytes of its own) are asked as the
+    pool asks them."""
     sock = getattr(connection, "_sock", None)
-    if type(sock) is socket.socket:
-        poller = select.poll()
+    poll = getattr(select, "poll", None)  # none on Windows; eventlet's monkey patch drops it
+    if poll is not None and type(sock) is socket.socket:
+        poller = poll()
         poller.register(sock, select.POLLIN)
         return bool(poller.poll(0))
     try:

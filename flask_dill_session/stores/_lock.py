@@ -22,19 +22,21 @@ from ._scripts import count, ms
 
 class _Tokens:
     """Lock tokens, each new: a random prefix of the process (drawn again in a forked
-    child) and a count. They need no secrecy (whoever reads them could delete the lock
-    anyway), only to differ from every other holder's: drawing each at random would cost
-    a system call per request."""
+    child, found by its pid: uWSGI forks without Python's fork hooks) and a count. They
+    need no secrecy (whoever reads them could delete the lock anyway), only to differ from
+    every other holder's: drawing each at random would cost a system call more."""
 
     def __init__(self) -> None:
         self.draw()
-        os.register_at_fork(after_in_child=self.draw)
 
     def draw(self) -> None:
+        self._pid = os.getpid()
         self._prefix, self._count = secrets.token_hex(16).encode(), itertools.count()
 
     def new(self) -> bytes:
         """A token no holder used: hex digits."""
+        if os.getpid() != self._pid:
+            self.draw()
         return b"%s%x" % (self._prefix, next(self._count))
 
 
@@ -84,7 +86,7 @@ class SessionLock:
         self.strikes = 0
         self.token: bytes | None = None  # set while held
         self.lease = ms(store.lock_lease)
-        self.taken = 0.0  # when the reply that took it came (monotonic): Redis took it before
+        self.taken: float | None = None  # when the reply that took it came (monotonic)
         self.refused: float | None = None  # when a try was first refused (monotonic)
         self.waited = 0.0  # seconds from then until the lock was taken
 
@@ -174,12 +176,17 @@ class SessionLock:
         Redis took the lock before :attr:`taken` and counts its lease down from then, so a
         call that finds ``lease - left`` ms gone runs at most that long after
         :attr:`taken` (plus 1 ms of rounding, and 0.1% for clocks that run apart): in time
-        if that is within the *timeout* of now. No clock offset is involved: only the
-        durations of each clock."""
+        if that is within the *timeout* of now. This takes durations of each clock, no
+        offset between them; but Redis counts TTLs by its wall clock, so a server clock
+        stepped back (or a failover to a replica whose clock is behind) lets a call that
+        much later through. A reply that took the lock slowly, by *d*, counts against the
+        call: one Redis runs later than *timeout* - *d* after sending is refused though
+        the client still waits. Unknown :attr:`taken`: every call is refused."""
         if timeout is None:
             return 0
-        held = time.monotonic() - self.taken
-        budget = math.floor((held + timeout - held / 1000) * 1000)
+        if self.taken is None:
+            return self.lease + 1
+        budget = math.floor((time.monotonic() - self.taken + timeout) * 999)
         return max(0, self.lease + 1 - budget)
 
     def release(self) -> bool:
