@@ -142,7 +142,7 @@ class SessionLock:
         else:  # it ran before the deadline unless the reply was slower than the offset allows
             late = not clock.in_time(sent, received, error)
         if late or blob is None:
-            store.call(store.release_script, [lock], [token])
+            self._release(token)
             if late and when and not clock.in_time(sent, received):
                 raise store.late("locking and reading a session")
             return not late
@@ -192,6 +192,7 @@ class SessionLock:
     def release(self) -> bool:
         """Delete the lock if it still holds our token; whether it did."""
         token, self.token = self.token, None
-        return token is None or bool(
-            self.store.call(self.store.release_script, self.keys[1:2], [token])
-        )
+        return token is None or self._release(token)
+
+    def _release(self, token: bytes) -> bool:
+        return bool(self.store.call(self.store.release_script, self.keys[1:2], [token]))
