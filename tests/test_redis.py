@@ -177,6 +177,20 @@ FORKS: dict[str, Callable[[], int]] = {
 }
 
 
+def _served_across_a_kill(
+    make_app: AppFactory, app_client: redis.Redis, checker: redis.Redis
+) -> None:
+    """Counts with *app_client*, which never retries a command, while *checker* kills every
+    connection of the app between two requests: no 503, no lock left."""
+    app = counter_app(make_app, app_client)
+    browser = app.test_client()
+    assert browser.get("/count").text == "1"
+    assert checker.client_kill_filter(_type="normal", skipme=True) >= 1  # the app's, all
+    assert browser.get("/count").text == "2"  # locked, read and written anew, no 503
+    assert browser.get("/count").text == "3"
+    assert checker.keys("lock:*") == []
+
+
 @pytest.mark.parametrize("poll", [True, False], ids=["poll", "no select.poll"])
 def test_connections_closed_by_the_server_while_idle_are_replaced_unnoticed(
     client: redis.Redis, make_app: AppFactory, monkeypatch: pytest.MonkeyPatch, poll: bool
@@ -186,16 +200,8 @@ def test_connections_closed_by_the_server_while_idle_are_replaced_unnoticed(
     (Windows; eventlet's monkey patch removes it)."""
     if not poll:
         monkeypatch.delattr(select, "poll", raising=False)
-    never_retries = redis.Redis(
-        port=client.get_connection_kwargs()["port"], retry=Retry(NoBackoff(), 0)
-    )
-    app = counter_app(make_app, never_retries)
-    browser = app.test_client()
-    assert browser.get("/count").text == "1"
-    assert client.client_kill_filter(_type="normal", skipme=True) >= 1  # the app's, all
-    assert browser.get("/count").text == "2"  # locked, read and written anew, no 503
-    assert browser.get("/count").text == "3"
-    assert client.keys("lock:*") == []
+    port = client.get_connection_kwargs()["port"]
+    _served_across_a_kill(make_app, redis.Redis(port=port, retry=Retry(NoBackoff(), 0)), client)
 
 
 def test_unix_socket_connections_closed_by_the_server_are_replaced_unnoticed(
@@ -207,16 +213,9 @@ def test_unix_socket_connections_closed_by_the_server_are_replaced_unnoticed(
     server = RedisServer(workdir, args=["--unixsocket", str(path), "--unixsocketperm", "700"])
     try:
         never_retries = redis.Redis(unix_socket_path=str(path), retry=Retry(NoBackoff(), 0))
-        app = counter_app(make_app, never_retries)
-        browser = app.test_client()
-        assert browser.get("/count").text == "1"
-        checker = server.client()
-        assert checker.client_kill_filter(_type="normal", skipme=True) >= 1
-        assert browser.get("/count").text == "2"
-        assert browser.get("/count").text == "3"
-        assert checker.keys("lock:*") == []
+        with server.client() as checker:
+            _served_across_a_kill(make_app, never_retries, checker)
         never_retries.flushdb()
-        checker.close()
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
