@@ -619,6 +619,7 @@ def test_a_write_run_after_its_request_gave_up_writes_nothing(
     assert client.get(NAME) == b"v2"
 
 
+@pytest.mark.redis
 def test_a_lock_not_known_to_be_taken_lets_no_write_through(client: redis.Redis) -> None:
     """Without the instant its lock was taken, a write could not tell whether the client
     still waits: it asks for more lease than there is (refused), unless the client never
