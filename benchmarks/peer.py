@@ -32,7 +32,7 @@ import redis
 from flask import Flask, session
 from redis.cluster import RedisCluster
 
-from tests.support import RedisClusterServers, RedisServer, gunicorn
+from tests.support import RedisClusterServers, RedisServer
 
 from . import throughput
 from .harness import Samples
@@ -99,9 +99,9 @@ class Trips:
 
 @contextmanager
 def targets(workdir: Path) -> Iterator[list[throughput.Target]]:
-    """Ours and Flask-Session under gunicorn (2 workers) on one shared ``redis-server``, ours
-    on a 3-master cluster (Flask-Session 0.8 takes only a ``redis.Redis`` client), and ours
-    without locking, to show what the locks cost."""
+    """Ours and Flask-Session under gunicorn (:func:`.throughput.serve`) on one shared
+    ``redis-server``, ours on a 3-master cluster (Flask-Session 0.8 takes only a
+    ``redis.Redis`` client), and ours without locking, to show what the locks cost."""
     root = Path(__file__).resolve().parent.parent
     base = {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     with ExitStack() as stack:
@@ -121,7 +121,7 @@ def targets(workdir: Path) -> Iterator[list[throughput.Target]]:
             logs = workdir / name.replace(" ", "-").strip("()")
             logs.mkdir(parents=True, exist_ok=True)
             app_env = {**base, **env, "BENCH_PEER": peer}
-            app_server = gunicorn(logs, "benchmarks.peer:create_app()", app_env, workers=2)
+            app_server = throughput.serve(logs, "benchmarks.peer:create_app()", app_env)
             stack.callback(app_server.stop)
             cookies = throughput.start_sessions(app_server.url, throughput.SESSIONS)
             script = throughput.wrk_script(workdir, logs.name, cookies)

@@ -1,6 +1,6 @@
 """Section 6: requests per second of the counter app under gunicorn, driven by ``wrk``.
 
-Every server runs ``benchmarks.apps:create_app()`` under gunicorn (2 workers, gthread) on
+Every server runs ``benchmarks.apps:create_app()`` under gunicorn (:func:`serve`) on
 127.0.0.1; ``wrk`` (one thread, a few connections, loopback only, a fixed duration) sends
 ``GET /count`` with the cookies of sessions started beforehand, a different session on
 each request in turn, so that the locks of one session are rarely contended. Servers are
@@ -25,7 +25,8 @@ from tests.support import RedisServer, Server, gunicorn, redis_binary
 from .harness import Samples
 
 SESSIONS = 64
-CONNECTIONS = 8
+CONNECTIONS = 8  # wrk's
+WORKERS = 2  # gunicorn's
 
 
 @dataclass
@@ -71,6 +72,15 @@ def wrk_script(directory: Path, name: str, cookies: list[str]) -> Path:
         "end\n"
     )
     return path
+
+
+def serve(logs: Path, app: str, env: dict[str, str]) -> Server:
+    """gunicorn serving *app* with :data:`WORKERS` of its default (sync) workers: each
+    serves one request at a time and closes the connection after it, so wrk's next request
+    goes to whichever worker is free. (Threaded workers keep connections alive, and wrk
+    opens its connections at once: one worker could take all of them while the other
+    idled through the run, halving that run's rate at random.)"""
+    return gunicorn(logs, app, env, workers=WORKERS, threads=None)
 
 
 def run_wrk(target: Target, seconds: float) -> float:
@@ -121,7 +131,7 @@ def targets(workdir: Path, *, with_redis: bool) -> Iterator[list[Target]]:
         for name, env in envs.items():
             logs = workdir / env["BENCH_SESSION"]
             logs.mkdir(parents=True, exist_ok=True)
-            server = gunicorn(logs, "benchmarks.apps:create_app()", {**base, **env}, workers=2)
+            server = serve(logs, "benchmarks.apps:create_app()", {**base, **env})
             stack.callback(server.stop)
             cookies = start_sessions(server.url, SESSIONS)
             script = wrk_script(workdir, env["BENCH_SESSION"], cookies)

@@ -230,15 +230,17 @@ def serve_example(tmp_path: Path, env: Mapping[str, str], script: str = "counter
 
 
 def gunicorn(
-    tmp_path: Path, app: str, env: Mapping[str, str], workers: int = 2, threads: int = 4
+    tmp_path: Path, app: str, env: Mapping[str, str], workers: int = 2, threads: int | None = 4
 ) -> Server:
-    """``gunicorn`` with *workers* processes of *threads* threads serving *app*."""
+    """``gunicorn`` with *workers* processes of *threads* threads serving *app* (gthread);
+    ``threads=None``: gunicorn's default sync workers, one request at a time each."""
     port = free_port()
     argv = [
         sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-        "--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread",
-        "--timeout", "60", "--graceful-timeout", "5", app,
+        "--workers", str(workers), "--timeout", "60", "--graceful-timeout", "5", app,
     ]  # fmt: skip
+    if threads is not None:
+        argv[-1:-1] = ["--threads", str(threads), "--worker-class", "gthread"]
     return Server(argv, port, env, tmp_path)
 
 
