@@ -235,12 +235,11 @@ def gunicorn(
     """``gunicorn`` with *workers* processes of *threads* threads serving *app* (gthread);
     ``threads=None``: gunicorn's default sync workers, one request at a time each."""
     port = free_port()
+    threaded = [] if threads is None else ["--threads", str(threads), "--worker-class", "gthread"]
     argv = [
         sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-        "--workers", str(workers), "--timeout", "60", "--graceful-timeout", "5", app,
+        "--workers", str(workers), *threaded, "--timeout", "60", "--graceful-timeout", "5", app,
     ]  # fmt: skip
-    if threads is not None:
-        argv[-1:-1] = ["--threads", str(threads), "--worker-class", "gthread"]
     return Server(argv, port, env, tmp_path)
 
 
