@@ -7,10 +7,11 @@ import importlib
 import pkgutil
 import sys
 from collections import ChainMap
+from functools import partial
 from typing import Any
 
 import flask_session
-from flask import Flask, current_app, got_request_exception
+from flask import Flask, got_request_exception
 
 from .codec import Codec, Migrator
 from .config import read_settings
@@ -80,7 +81,7 @@ class Session:
             self._codecs.append(interface.codec)
             app.session_interface = interface
             app.register_error_handler(SessionUnavailableError, interface.handle_unavailable)
-            app.teardown_request(_release_lock)
+            app.teardown_request(partial(_release_lock, app))
             got_request_exception.connect(_mark_failed, app)
         app.extensions["flask_dill_session"] = self
 
@@ -164,9 +165,9 @@ def _backend(name: str) -> type[Store]:
     return store
 
 
-def _release_lock(exc: BaseException | None) -> None:
-    """Teardown: release the lock even when ``save_session`` did not run."""
-    interface, current = current_app.session_interface, request_session()
+def _release_lock(app: Flask, exc: BaseException | None) -> None:
+    """Teardown of *app*: release the lock even when ``save_session`` did not run."""
+    interface, current = app.session_interface, request_session()
     if isinstance(interface, DillSessionInterface) and isinstance(current, DillSession):
         interface.release(current)
 
