@@ -6,35 +6,47 @@ its reply (measured: about 85 µs against 64 µs of a process's CPU per ``EVALSH
 loopback). A request that uses its session sends two commands, so the store keeps a few
 connections of its own, made with the pool's connection class and settings (so with its
 host, credentials, TLS, protocol and Sentinel's master lookup), and sends each command on
-one of them with its retry policy, reading the reply with its ``read_response`` (one the
-server closed while idle is found before use, with one ``poll``: ``_stale``). There are as
-many as requests ran at once; the pool neither counts nor holds them (its
-``max_connections`` is left to the app's own commands), and a forked child drops them. A
-cluster client routes every key to its node itself, and a pool whose connections cache
-replies or follow maintenance notifications gives them more to do: their commands go
-through the client.
+one of them with its retry policy (one the server closed while idle is found before use,
+with one ``poll``: ``_stale``). There are as many as requests ran at once; the pool
+neither counts nor holds them (its ``max_connections`` is left to the app's own commands),
+and a forked child drops them. A cluster client routes every key to its node itself, and a
+pool whose connections cache replies or follow maintenance notifications gives them more
+to do: their commands go through the client.
 
 Commands are packed here (:func:`packed`) unless redis-py packs them in C (``hiredis``) or
 the pool names a packer of its own: redis-py's Python packer joins the whole command again
-for each argument, which costs a request about 7 µs of CPU for its two commands.
+for each argument, which costs a request about 7 µs of CPU for its two commands. Replies
+are read here too (:mod:`._replies`), but where the connection class reads them its own
+way (Sentinel's, which notices a demoted master) or health checks are on: there, by its
+``read_response``. On a plain TCP or Unix socket the kernel keeps the socket timeout
+(``SO_RCVTIMEO``, ``SO_SNDTIMEO``: ``_timed_by_kernel``), where Python would ``poll``
+before each send and each receive: a round trip makes two system calls fewer. A timeout is
+redis-py's ``TimeoutError`` either way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import socket
+import struct
+import sys
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import redis.exceptions
 from redis.commands.core import Script
+from redis.connection import AbstractConnection
 
 from ._clients import Client, is_cluster, key_encoding, packs_in_python
+from ._replies import Replies
 
 _CUTOFF = 6000  # bytes: redis-py's buffer cutoff, over which an argument is sent alone
+_READ_SIZE = 65536  # bytes asked of each recv, unless the client's socket_read_size says
+_LINUX = sys.platform == "linux"  # where a timeval is two longs (the kernel's timeouts)
 
 
 def own_connections(client: Client) -> Connections | None:
@@ -62,6 +74,15 @@ class Connections:
         settings = pool.connection_kwargs
         # How packed() encodes strings; None: the connections pack commands themselves.
         self._encoding = key_encoding(settings) if packs_in_python(settings) else None
+        # How much each recv asks for where replies are read here (:mod:`._replies`); None:
+        # read by the connection, whose class reads them its own way (Sentinel's), or with
+        # health checks (each read times the next).
+        plain = pool.connection_class.read_response is AbstractConnection.read_response
+        self._read_size: int | None = (
+            settings.get("socket_read_size", _READ_SIZE)
+            if plain and not settings.get("health_check_interval")
+            else None
+        )
         self._idle: list[Any] = []  # list.pop and list.append are atomic: no lock needed
         self._pid = os.getpid()
         # Disconnect them when the store goes. As garbage of a reference cycle (an app is
@@ -78,7 +99,7 @@ class Connections:
         once every reply is read."""
         connection = self._take()
         try:
-            return _call(connection, commands, self._encoding)
+            return _call(connection, commands, self._encoding, self._read_size)
         except BaseException as exc:
             _settle(connection, exc)
             raise
@@ -109,14 +130,20 @@ class Connections:
 
 
 def _call(
-    connection: Any, commands: Sequence[tuple[Any, ...]], encoding: tuple[str, str] | None
+    connection: Any,
+    commands: Sequence[tuple[Any, ...]],
+    encoding: tuple[str, str] | None,
+    read_size: int | None,
 ) -> list[Any]:
     """Send *commands* and read their replies as the client would: connect first if need be
     (Sentinel's connections ask for the master), then send with the connection's retry
     policy (a connection error disconnects, and the commands are sent again). Strings are
-    packed in *encoding* (name, errors); ``None``: by the connection's own packer."""
+    packed in *encoding* (name, errors); ``None``: by the connection's own packer. Replies
+    are read by :mod:`._replies`, *read_size* bytes asked of each ``recv``, or by the
+    connection's ``read_response`` if ``None``."""
     if not _connected(connection):
         connection.connect()
+    _timed_by_kernel(connection)
     if encoding is None:
         data = connection.pack_commands(commands)
     else:
@@ -125,22 +152,51 @@ def _call(
             data = [b"".join(data)]
 
     def send() -> list[Any]:
-        connection.send_packed_command(data)
-        replies: list[Any] = []
-        error = None
-        for _ in commands:
-            try:
-                replies.append(connection.read_response())
-            except redis.exceptions.ResponseError as exc:  # read whole: read on
-                replies.append(exc)
-                error = error or exc
-        if error is not None:
-            raise error
+        action = "writing to"
+        try:
+            connection.send_packed_command(data)
+            action = "reading from"
+            if read_size is None:
+                replies = _read_each(connection, commands)
+            else:
+                replies = _read(connection, len(commands), read_size)
+        except redis.exceptions.ConnectionError as exc:
+            if isinstance(exc.__context__, BlockingIOError):  # the kernel's timeout
+                raise redis.exceptions.TimeoutError(f"Timeout {action} socket") from exc
+            raise
+        for reply in replies:  # all read: the connection is in order
+            if isinstance(reply, redis.exceptions.ResponseError):
+                raise reply
         return replies
 
     replies: list[Any] = connection.retry.call_with_retry(
         send, lambda _error: connection.disconnect()
     )
+    return replies
+
+
+def _read(connection: Any, count: int, size: int) -> list[Any]:
+    """*count* replies read from *connection*'s socket (:mod:`._replies`), *size* bytes
+    asked of each ``recv``; error replies among them, not raised."""
+    replies = Replies(connection._sock, size, connection._parser.parse_error)
+    try:
+        read = [replies.next() for _ in range(count)]
+    except ValueError as exc:  # a length or an integer that is not one
+        raise redis.exceptions.InvalidResponse(f"malformed reply: {exc}") from exc
+    if not replies.done():
+        raise redis.exceptions.InvalidResponse("received more than the commands' replies")
+    return read
+
+
+def _read_each(connection: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """A reply per command, read by the connection's ``read_response``; error replies
+    among them, not raised."""
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(connection.read_response())
+        except redis.exceptions.ResponseError as exc:  # read whole: read on
+            replies.append(exc)
     return replies
 
 
@@ -199,6 +255,23 @@ def _connected(connection: Any) -> bool:
     """Whether *connection* has its socket (``is_connected``, where redis-py has it)."""
     state = getattr(connection, "is_connected", None)
     return bool(state) if state is not None else connection._sock is not None
+
+
+def _timed_by_kernel(connection: Any) -> None:
+    """Have the kernel keep a plain socket's timeout: Python keeps it by a ``poll`` before
+    each send and receive. A timeout then fails the call with ``EAGAIN``, which redis-py
+    raises as a ``ConnectionError`` (disconnected) and ``_call`` as its ``TimeoutError``.
+    Done once per socket (a reconnection makes a new one, timed by Python again)."""
+    sock = getattr(connection, "_sock", None)
+    if not _LINUX or type(sock) is not socket.socket:  # TLS, a monkey patch's: left as is
+        return
+    timeout = sock.gettimeout()
+    if timeout is None or timeout <= 0:  # blocking already, or non-blocking: left as is
+        return
+    value = struct.pack("ll", *divmod(max(1, math.ceil(timeout * 1e6)), 1_000_000))  # timeval
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    sock.settimeout(None)
 
 
 def _stale(connection: Any) -> bool:
