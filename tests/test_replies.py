@@ -11,9 +11,14 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, BusyLoadingError
+from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
+from flask_dill_session.exc import StoreUnavailableError
 from flask_dill_session.stores._connections import Connections
+from flask_dill_session.stores.redis import RedisStore
 
 from .support import RedisServer
 
@@ -122,6 +127,81 @@ def liar() -> Iterator[_Liar]:
     server.close()
 
 
+def test_push_messages_go_to_the_parsers_handler_and_the_replies_follow(
+    redis_server: RedisServer, client: redis.Redis
+) -> None:
+    """A RESP3 push (here a client-side caching invalidation, sent as the pipeline's own
+    ``SET`` changes a key the connection tracks) goes to the parser's push handler, as
+    redis-py's reading hands it, and the replies are read on."""
+    settings: dict[str, Any] = {"port": redis_server.port, "protocol": 3, "socket_timeout": 5}
+    results = []
+    for pool in (
+        redis.ConnectionPool(**settings),
+        redis.ConnectionPool(health_check_interval=3600, **settings),  # read by redis-py
+    ):
+        conns = Connections(pool)
+        pushed: list[Any] = []
+        assert conns.execute("CLIENT", "TRACKING", "ON") == b"OK"
+        conns._idle[-1]._parser.set_invalidation_push_handler(pushed.append)
+        assert conns.execute("GET", "tracked") is None  # tracked from now on
+        replies = conns.pipeline(("SET", "tracked", "v"), ("GET", "tracked"), ("GET", "k"))
+        results.append((replies, pushed))
+        client.delete("tracked")
+    ours, theirs = results
+    assert ours == theirs
+    assert ours[0] == [b"OK", b"v", None] and ours[1] == [[b"invalidate", [b"tracked"]]]
+
+
+@pytest.mark.parametrize(
+    ("answer", "reply"),
+    [
+        (b">2\r\n+message\r\n+x\r\n$2\r\nok\r\n", b"ok"),
+        (b"$2\r\nok\r\n>2\r\n+message\r\n+x\r\n", b"ok"),
+    ],
+    ids=["before the reply", "after it"],
+)
+def test_a_push_message_beside_a_reply_is_read_whole(
+    liar: _Liar, answer: bytes, reply: bytes
+) -> None:
+    """Nothing of it is left for the next command to read (with no handler: RESP2)."""
+    conns = Connections(_pool_of(liar))
+    liar.answer = answer
+    assert conns.execute("GET", "k") == reply
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"-LOADING Redis is loading the dataset in memory\r\n", BusyLoadingError),
+        (b"-NOAUTH Authentication required.\r\n", AuthenticationError),
+    ],
+    ids=["LOADING", "NOAUTH"],
+)
+def test_error_replies_that_redis_py_raises_at_once_are_raised(
+    liar: _Liar, answer: bytes, error: type[Exception]
+) -> None:
+    """As redis-py's parser does (they are connection errors: retried, then 503), even
+    as the first of two replies, and never taken for a reply."""
+    conns = Connections(_pool_of(liar))
+    liar.answer = answer
+    with pytest.raises(error):
+        conns.pipeline(("GET", "k"), ("GET", "k"))
+    store = RedisStore(redis.Redis(connection_pool=_pool_of(liar)), secret="secret")
+    for action in (
+        lambda: store.new("key").write(b"v", 60),  # SET NX: not reported as written
+        lambda: store.open("key", lock=True),
+    ):
+        with pytest.raises(StoreUnavailableError, match=error.__name__):
+            action()
+
+
+def _pool_of(liar: _Liar) -> redis.ConnectionPool:
+    """A pool of connections to *liar* that never retry and need no ``HELLO``."""
+    return redis.ConnectionPool(
+        port=liar.port, protocol=2, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+    )
+
+
 @pytest.mark.parametrize(
     ("answer", "error", "message"),
     [
@@ -139,13 +219,7 @@ def test_a_reply_that_cannot_be_read_fails_the_call_and_its_connection(
 ) -> None:
     """Raised as redis-py's own errors (the store answers them 503); the connection is
     closed, and the next call connects again."""
-    pool = redis.ConnectionPool(
-        port=liar.port,
-        protocol=2,  # no HELLO to answer
-        socket_timeout=5,
-        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
-    )
-    conns = Connections(pool)
+    conns = Connections(_pool_of(liar))
     liar.answer = answer
     with pytest.raises(error, match=message):
         conns.execute("GET", "k")

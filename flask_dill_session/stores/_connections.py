@@ -18,21 +18,15 @@ the pool names a packer of its own: redis-py's Python packer joins the whole com
 for each argument, which costs a request about 7 µs of CPU for its two commands. Replies
 are read here too (:mod:`._replies`), but where the connection class reads them its own
 way (Sentinel's, which notices a demoted master) or health checks are on: there, by its
-``read_response``. On a plain TCP or Unix socket the kernel keeps the socket timeout
-(``SO_RCVTIMEO``, ``SO_SNDTIMEO``: ``_timed_by_kernel``), where Python would ``poll``
-before each send and each receive: a round trip makes two system calls fewer. A timeout is
-redis-py's ``TimeoutError`` either way.
+``read_response``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import select
 import socket
-import struct
-import sys
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -46,7 +40,6 @@ from ._replies import Replies
 
 _CUTOFF = 6000  # bytes: redis-py's buffer cutoff, over which an argument is sent alone
 _READ_SIZE = 65536  # bytes asked of each recv, unless the client's socket_read_size says
-_LINUX = sys.platform == "linux"  # where a timeval is two longs (the kernel's timeouts)
 
 
 def own_connections(client: Client) -> Connections | None:
@@ -143,7 +136,6 @@ def _call(
     connection's ``read_response`` if ``None``."""
     if not _connected(connection):
         connection.connect()
-    _timed_by_kernel(connection)
     if encoding is None:
         data = connection.pack_commands(commands)
     else:
@@ -152,18 +144,11 @@ def _call(
             data = [b"".join(data)]
 
     def send() -> list[Any]:
-        action = "writing to"
-        try:
-            connection.send_packed_command(data)
-            action = "reading from"
-            if read_size is None:
-                replies = _read_each(connection, commands)
-            else:
-                replies = _read(connection, len(commands), read_size)
-        except redis.exceptions.ConnectionError as exc:
-            if isinstance(exc.__context__, BlockingIOError):  # the kernel's timeout
-                raise redis.exceptions.TimeoutError(f"Timeout {action} socket") from exc
-            raise
+        connection.send_packed_command(data)
+        if read_size is None:
+            replies = _read_each(connection, commands)
+        else:
+            replies = _read(connection, len(commands), read_size)
         for reply in replies:  # all read: the connection is in order
             if isinstance(reply, redis.exceptions.ResponseError):
                 raise reply
@@ -178,13 +163,15 @@ def _call(
 def _read(connection: Any, count: int, size: int) -> list[Any]:
     """*count* replies read from *connection*'s socket (:mod:`._replies`), *size* bytes
     asked of each ``recv``; error replies among them, not raised."""
-    replies = Replies(connection._sock, size, connection._parser.parse_error)
+    parser = connection._parser
+    replies = Replies(
+        connection._sock, size, parser.parse_error, getattr(parser, "handle_push_response", None)
+    )
     try:
         read = [replies.next() for _ in range(count)]
+        replies.finish()
     except ValueError as exc:  # a length or an integer that is not one
         raise redis.exceptions.InvalidResponse(f"malformed reply: {exc}") from exc
-    if not replies.done():
-        raise redis.exceptions.InvalidResponse("received more than the commands' replies")
     return read
 
 
@@ -255,23 +242,6 @@ def _connected(connection: Any) -> bool:
     """Whether *connection* has its socket (``is_connected``, where redis-py has it)."""
     state = getattr(connection, "is_connected", None)
     return bool(state) if state is not None else connection._sock is not None
-
-
-def _timed_by_kernel(connection: Any) -> None:
-    """Have the kernel keep a plain socket's timeout: Python keeps it by a ``poll`` before
-    each send and receive. A timeout then fails the call with ``EAGAIN``, which redis-py
-    raises as a ``ConnectionError`` (disconnected) and ``_call`` as its ``TimeoutError``.
-    Done once per socket (a reconnection makes a new one, timed by Python again)."""
-    sock = getattr(connection, "_sock", None)
-    if not _LINUX or type(sock) is not socket.socket:  # TLS, a monkey patch's: left as is
-        return
-    timeout = sock.gettimeout()
-    if timeout is None or timeout <= 0:  # blocking already, or non-blocking: left as is
-        return
-    value = struct.pack("ll", *divmod(max(1, math.ceil(timeout * 1e6)), 1_000_000))  # timeval
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-    sock.settimeout(None)
 
 
 def _stale(connection: Any) -> bool:
