@@ -4,6 +4,7 @@ read fails the call and the connection, nothing more."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -90,11 +91,13 @@ def test_a_connection_that_reads_its_own_way_is_left_to_redis_py(
 
 class _Liar:
     """A server on loopback that answers the first command of each connection (after the
-    client's ``CLIENT SETINFO``) with :attr:`answer`, then closes it; counts its
-    connections."""
+    client's ``CLIENT SETINFO``) with :attr:`answer`, then closes it, or with
+    :attr:`keep_open` answers each later command ``ok`` until the client closes it; counts
+    its connections."""
 
     def __init__(self) -> None:
         self.answer = b""
+        self.keep_open = False
         self.connections = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -112,6 +115,9 @@ class _Liar:
                 while b"SETINFO" in conn.recv(65536):  # the client's handshake, one by one
                     conn.sendall(b"+OK\r\n")
                 conn.sendall(self.answer)
+                with contextlib.suppress(OSError):
+                    while self.keep_open and conn.recv(65536):
+                        conn.sendall(b"$2\r\nok\r\n")
 
     def close(self) -> None:
         self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept (closing would not)
@@ -183,9 +189,13 @@ def test_error_replies_that_redis_py_raises_at_once_are_raised(
     """As redis-py's parser does (they are connection errors: retried, then 503), even
     as the first of two replies, and never taken for a reply."""
     conns = Connections(_pool_of(liar))
-    liar.answer = answer
+    liar.answer, liar.keep_open = answer, True
     with pytest.raises(error):
         conns.pipeline(("GET", "k"), ("GET", "k"))
+    liar.answer, liar.keep_open = b"$2\r\nok\r\n", False
+    assert conns.execute("GET", "k") == b"ok"
+    assert liar.connections == 2  # closed after the error, though the server kept it open
+    liar.answer = answer
     store = RedisStore(redis.Redis(connection_pool=_pool_of(liar)), secret="secret")
     for action in (
         lambda: store.new("key").write(b"v", 60),  # SET NX: not reported as written
@@ -211,18 +221,30 @@ def _pool_of(liar: _Liar) -> redis.ConnectionPool:
         (b"$10\r\nabc", redis.exceptions.ConnectionError, "Connection closed by server"),
         (b"$3\r\nabcdefgh", redis.exceptions.InvalidResponse, "more than the commands"),
         (b"+OK", redis.exceptions.ConnectionError, "Connection closed by server"),
+        (b"$99999999999999\r\nabc", redis.exceptions.ConnectionError, "closed by server"),
+        (b">x\r\n", redis.exceptions.InvalidResponse, "malformed reply"),
     ],
-    ids=["a map", "one reply too many", "not a number", "cut short", "too long", "no CRLF"],
+    ids=[
+        "a map",
+        "one reply too many",
+        "not a number",
+        "cut short",
+        "too long",
+        "no CRLF",
+        "a length no reply has",
+        "a push of no length",
+    ],
 )
 def test_a_reply_that_cannot_be_read_fails_the_call_and_its_connection(
     liar: _Liar, answer: bytes, error: type[Exception], message: str
 ) -> None:
     """Raised as redis-py's own errors (the store answers them 503); the connection is
-    closed, and the next call connects again."""
+    closed, even where the server keeps it open, and the next call connects again."""
     conns = Connections(_pool_of(liar))
     liar.answer = answer
+    liar.keep_open = error is redis.exceptions.InvalidResponse  # else the server closed it
     with pytest.raises(error, match=message):
         conns.execute("GET", "k")
-    liar.answer = b"$2\r\nok\r\n"
+    liar.answer, liar.keep_open = b"$2\r\nok\r\n", False
     assert conns.execute("GET", "k") == b"ok"
     assert liar.connections == 2

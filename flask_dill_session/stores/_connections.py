@@ -170,7 +170,7 @@ def _read(connection: Any, count: int, size: int) -> list[Any]:
     try:
         read = [replies.next() for _ in range(count)]
         replies.finish()
-    except ValueError as exc:  # a length or an integer that is not one
+    except (ValueError, IndexError) as exc:  # a length that is not one, an empty push...
         raise redis.exceptions.InvalidResponse(f"malformed reply: {exc}") from exc
     return read
 

@@ -8,10 +8,10 @@ over what one ``recv`` brought: simple strings, errors, integers, bulk strings, 
 arrays of them (RESP2 and RESP3 alike), as redis-py returns them with
 ``decode_responses=False``. As redis-py does, an error reply becomes its parser's exception
 (``parse_error``), raised at once if it is a connection error (``LOADING``, ``NOAUTH``...),
-else returned in its place; a RESP3 push message (a maintenance notification, say) goes to
-the parser's push handler and the reply after it is read. Anything else (a map, bytes no
-command asked for) is refused as ``InvalidResponse``, and the caller then closes the
-connection.
+else returned in its place; a RESP3 push message (a maintenance notification, say) that
+comes with the replies goes to the parser's push handler, and the reply after it is read.
+Anything else (a map, bytes no command asked for) is refused as ``InvalidResponse``, and
+the caller then closes the connection.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ class Replies:
             pieces.append(piece)
             have += len(piece)
         whole = b"".join(pieces)
+        del pieces  # the joined copy alone from here
         self._buffer, self._pos = whole, length + 2
         if whole[length : length + 2] != _CRLF:
             raise redis.exceptions.InvalidResponse("a bulk string not ended by CRLF")
