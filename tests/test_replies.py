@@ -126,6 +126,13 @@ class _Liar:
         assert not self.thread.is_alive()
 
 
+def _pool_of(liar: _Liar) -> redis.ConnectionPool:
+    """A pool of connections to *liar* that never retry and need no ``HELLO``."""
+    return redis.ConnectionPool(
+        port=liar.port, protocol=2, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+    )
+
+
 @pytest.fixture
 def liar() -> Iterator[_Liar]:
     server = _Liar()
@@ -203,13 +210,6 @@ def test_error_replies_that_redis_py_raises_at_once_are_raised(
     ):
         with pytest.raises(StoreUnavailableError, match=error.__name__):
             action()
-
-
-def _pool_of(liar: _Liar) -> redis.ConnectionPool:
-    """A pool of connections to *liar* that never retry and need no ``HELLO``."""
-    return redis.ConnectionPool(
-        port=liar.port, protocol=2, socket_timeout=5, retry=Retry(NoBackoff(), 0)
-    )
 
 
 @pytest.mark.parametrize(
